@@ -1,0 +1,2 @@
+//! The client: a pure session, encrypted local state, the socket driver and
+//! the terminal chat.

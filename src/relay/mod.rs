@@ -1,0 +1,1 @@
+//! The relay: a pure protocol core and the mio event loop that feeds it.
