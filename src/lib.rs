@@ -30,5 +30,6 @@ pub mod crypto;
 pub mod group;
 pub mod limits;
 pub mod mailbox;
+pub mod membership;
 pub mod relay;
 pub mod wire;
