@@ -38,6 +38,39 @@ pub const MAX_PUBLIC_IDENTITY_BYTES: usize = 1_024;
 // Relay core and mailbox (src/relay/core, src/mailbox)
 // ---------------------------------------------------------------------------
 
+// --- Mailbox (src/mailbox) -------------------------------------------------
+
+/// Largest record payload any store accepts: a maximal 1 MiB frame plus the
+/// relay core's own metadata fits with room to spare. A store with small
+/// segments accepts less (a record never spans segments).
+pub const MAILBOX_MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+
+/// Default size of one preallocated segment file: large enough that
+/// rollover (a `posix_fallocate` and an `mmap` on the loop thread) is rare,
+/// small enough that compaction frees space in useful steps.
+pub const MAILBOX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest configurable segment (tests use tiny segments to force
+/// rollover): one page.
+pub const MAILBOX_MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Largest configurable segment: record offsets are kept as `u32` in the
+/// in-memory index, and each segment is one contiguous map.
+pub const MAILBOX_MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Default cap on segment files in use (64 MiB each: 1 TiB). Appends that
+/// would need one more segment fail with a "store full" error until
+/// compaction frees one.
+pub const MAILBOX_MAX_SEGMENTS: usize = 16 * 1024;
+
+/// How often the sync thread msyncs under `--fsync batch`: the window of
+/// receipted records that power loss may cost.
+pub const MAILBOX_SYNC_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Records per virtual segment of the in-memory stores (`MemStore`,
+/// `FaultStore`), so that compaction and copy-forward behave as with files.
+pub const MAILBOX_MEM_SEGMENT_RECORDS: usize = 1024;
+
 // ---------------------------------------------------------------------------
 // Relay event loop (src/relay/event_loop)
 // ---------------------------------------------------------------------------
