@@ -9,6 +9,42 @@
 // Cryptography (src/crypto)
 // ---------------------------------------------------------------------------
 
+/// Bits of a Diffie-Hellman private exponent in `ffdhe2048`. RFC 7919 §5.2
+/// asks for at least 225 bits; 256 gives the 128-bit level against Pollard's
+/// lambda with 8x fewer squarings than a full-size exponent. The bound is
+/// public: it is the only exponent property the modexp's timing shows.
+pub const DH_EXPONENT_BITS_FFDHE2048: u32 = 256;
+
+/// Bits of a Diffie-Hellman private exponent in `ffdhe3072` (RFC 7919 §5.2:
+/// at least 275). Derived from the same 32-byte seed by HKDF, see
+/// `PROTOCOL.md` Part 1.
+pub const DH_EXPONENT_BITS_FFDHE3072: u32 = 320;
+
+/// Minimum PBKDF2-HMAC-SHA256 iterations for a passphrase (OWASP 2023
+/// guidance for PBKDF2-HMAC-SHA256). Stored parameters below this are
+/// refused on decode, so a tampered state file cannot weaken the KDF.
+pub const PBKDF2_MIN_ITERATIONS: u32 = 600_000;
+
+/// Iterations used for new passphrase parameters. Equal to the minimum
+/// today; the count is stored with the ciphertext so it can rise later.
+pub const PBKDF2_DEFAULT_ITERATIONS: u32 = 600_000;
+
+/// Maximum PBKDF2 iterations accepted from stored parameters: a corrupted
+/// or hostile file must not make the client spin for hours (10^8 is a few
+/// minutes on a slow machine).
+pub const PBKDF2_MAX_ITERATIONS: u32 = 100_000_000;
+
+/// Length of a passphrase salt in bytes (random per state file).
+pub const PBKDF2_SALT_LEN: usize = 16;
+
+/// Longest authenticated header an envelope can carry (its length field is
+/// a big-endian u16).
+pub const ENVELOPE_MAX_HEADER_LEN: usize = 65_535;
+
+/// Iterations of SHA-512 in a safety number half (Signal's value; a
+/// brute-force search for a colliding key costs this factor more).
+pub const SAFETY_NUMBER_ITERATIONS: u32 = 5_200;
+
 // ---------------------------------------------------------------------------
 // Group cryptography: sender keys, membership, setup (src/group)
 // ---------------------------------------------------------------------------
