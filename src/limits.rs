@@ -70,6 +70,28 @@ pub const MAX_PUBLIC_IDENTITY_BYTES: usize = 1_024;
 // Wire protocol (src/wire)
 // ---------------------------------------------------------------------------
 
+/// Default maximum frame length in bytes (the `length` prefix: version, kind
+/// and body). 1 MiB holds any realistic message while bounding what one
+/// connection can make the relay buffer; the relay's `max_frame` setting
+/// overrides it.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Maximum bytes of a user name on the wire (after NFC normalisation).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Maximum characters (Unicode scalar values) of a user name after NFC
+/// normalisation.
+pub const MAX_NAME_CHARS: usize = 50;
+
+/// Maximum bytes of an encoded public identity in a register or identities
+/// frame: an ffdhe3072 public value (384 bytes) plus keys, certificate and
+/// headers fit several times over.
+pub const MAX_IDENTITY_BYTES: usize = 4096;
+
+/// Maximum entries of any list in a frame (names asked for, identities,
+/// groups, members, commits). Bounds the decoder's allocation.
+pub const MAX_LIST_ITEMS: usize = 8192;
+
 // ---------------------------------------------------------------------------
 // Relay core and mailbox (src/relay/core, src/mailbox)
 // ---------------------------------------------------------------------------
