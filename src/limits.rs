@@ -83,11 +83,6 @@ pub const MAX_NAME_BYTES: usize = 200;
 /// normalisation.
 pub const MAX_NAME_CHARS: usize = 50;
 
-/// Maximum bytes of an encoded public identity in a register or identities
-/// frame: an ffdhe3072 public value (384 bytes) plus keys, certificate and
-/// headers fit several times over.
-pub const MAX_IDENTITY_BYTES: usize = 4096;
-
 /// Maximum entries of any list in a frame (names asked for, identities,
 /// groups, members, commits). Bounds the decoder's allocation.
 pub const MAX_LIST_ITEMS: usize = 8192;

@@ -7,7 +7,7 @@
 
 use super::reader::{Reader, put_bytes8, put_bytes16, put_bytes32, put_str8};
 use super::{DecodeError, ErrorCode};
-use crate::limits::{MAX_IDENTITY_BYTES, MAX_LIST_ITEMS, MAX_NAME_BYTES};
+use crate::limits::{MAX_LIST_ITEMS, MAX_NAME_BYTES, MAX_PUBLIC_IDENTITY_BYTES};
 
 /// The protocol version this code speaks; the first byte after the length.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -198,7 +198,12 @@ impl Hello<'_> {
     }
 }
 
-fn put_auth_message(label: &[u8], challenge: &[u8; 32], relay_key: &[u8; 32], name: &str) -> Vec<u8> {
+fn put_auth_message(
+    label: &[u8],
+    challenge: &[u8; 32],
+    relay_key: &[u8; 32],
+    name: &str,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(label.len() + 65 + name.len());
     out.extend_from_slice(label);
     out.extend_from_slice(challenge);
@@ -378,12 +383,12 @@ pub enum Frame<'a> {
         /// The encoded commit.
         commit: &'a [u8],
     },
-    /// Ask for a group's commits with epoch greater than `since_epoch`.
+    /// Ask for a group's commits with epoch at least `from_epoch`.
     FetchCommits {
         /// The group.
         group_id: GroupId,
-        /// Commits after this epoch are returned.
-        since_epoch: u64,
+        /// The first epoch wanted (0 for the genesis).
+        from_epoch: u64,
     },
     /// Ask for the caller's groups.
     ListGroups,
@@ -457,7 +462,7 @@ fn flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, DecodeError> {
 
 fn identity<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], DecodeError> {
     let id = r.bytes16("identity")?;
-    if id.len() > MAX_IDENTITY_BYTES {
+    if id.len() > MAX_PUBLIC_IDENTITY_BYTES {
         return Err(DecodeError::InvalidValue {
             field: "identity length",
             value: id.len() as u64,
@@ -490,13 +495,18 @@ pub fn split_frame(buf: &[u8], max_frame: usize) -> Result<Option<(&[u8], usize)
     };
     let len = u32::from_be_bytes(*prefix) as usize;
     if len > max_frame {
-        return Err(DecodeError::FrameTooLarge { len, max: max_frame });
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
     }
     if len < 2 {
         return Err(DecodeError::FrameTooShort { len });
     }
     let total = LENGTH_PREFIX_LEN + len;
-    Ok(buf.get(LENGTH_PREFIX_LEN..total).map(|frame| (frame, total)))
+    Ok(buf
+        .get(LENGTH_PREFIX_LEN..total)
+        .map(|frame| (frame, total)))
 }
 
 /// Reads the version and kind bytes of a frame (after the length prefix).
@@ -686,7 +696,7 @@ impl<'a> Frame<'a> {
             },
             FrameKind::FetchCommits => Self::FetchCommits {
                 group_id: r.array("group id")?,
-                since_epoch: r.u64("since epoch")?,
+                from_epoch: r.u64("from epoch")?,
             },
             FrameKind::ListGroups => Self::ListGroups,
             FrameKind::ListMembers => Self::ListMembers {
@@ -870,10 +880,10 @@ impl<'a> Frame<'a> {
             }
             Self::FetchCommits {
                 group_id,
-                since_epoch,
+                from_epoch,
             } => {
                 out.extend_from_slice(group_id);
-                out.extend_from_slice(&since_epoch.to_be_bytes());
+                out.extend_from_slice(&from_epoch.to_be_bytes());
             }
             Self::ListGroups => {}
             Self::ListMembers { group_id } => out.extend_from_slice(group_id),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::limits::{MAX_FRAME_LEN, MAX_IDENTITY_BYTES, MAX_LIST_ITEMS, MAX_NAME_BYTES};
+use crate::limits::{MAX_FRAME_LEN, MAX_LIST_ITEMS, MAX_NAME_BYTES, MAX_PUBLIC_IDENTITY_BYTES};
 use proptest::prelude::*;
 
 fn samples() -> Vec<Frame<'static>> {
@@ -82,7 +82,7 @@ fn samples() -> Vec<Frame<'static>> {
         Frame::Commit { commit: b"commit" },
         Frame::FetchCommits {
             group_id: [1; 16],
-            since_epoch: 2,
+            from_epoch: 2,
         },
         Frame::ListGroups,
         Frame::ListMembers { group_id: [1; 16] },
@@ -124,7 +124,11 @@ fn every_truncation_is_an_error_not_a_panic() {
         let bytes = f.to_vec();
         let frame = &bytes[LENGTH_PREFIX_LEN..];
         for cut in 0..frame.len() {
-            assert!(Frame::decode(&frame[..cut]).is_err(), "{:?} cut at {cut}", f.kind());
+            assert!(
+                Frame::decode(&frame[..cut]).is_err(),
+                "{:?} cut at {cut}",
+                f.kind()
+            );
         }
     }
 }
@@ -142,11 +146,23 @@ fn leftover_bytes_are_an_error() {
 #[test]
 fn versions_and_kinds_are_distinct_errors() {
     assert_eq!(Frame::decode(&[0, 0x2a]), Err(DecodeError::OldVersion(0)));
-    assert_eq!(Frame::decode(&[2, 0x2a]), Err(DecodeError::UnknownVersion(2)));
-    assert_eq!(Frame::decode(&[1, 0x7f]), Err(DecodeError::UnknownKind(0x7f)));
+    assert_eq!(
+        Frame::decode(&[2, 0x2a]),
+        Err(DecodeError::UnknownVersion(2))
+    );
+    assert_eq!(
+        Frame::decode(&[1, 0x7f]),
+        Err(DecodeError::UnknownKind(0x7f))
+    );
     assert_eq!(DecodeError::OldVersion(0).code(), ErrorCode::OldVersion);
-    assert_eq!(DecodeError::UnknownVersion(2).code(), ErrorCode::UnknownVersion);
-    assert_eq!(DecodeError::UnknownKind(0x7f).code(), ErrorCode::UnknownKind);
+    assert_eq!(
+        DecodeError::UnknownVersion(2).code(),
+        ErrorCode::UnknownVersion
+    );
+    assert_eq!(
+        DecodeError::UnknownKind(0x7f).code(),
+        ErrorCode::UnknownKind
+    );
 }
 
 #[test]
@@ -154,7 +170,10 @@ fn max_frame_len_limit() {
     let mut buf = u32::try_from(MAX_FRAME_LEN).unwrap().to_be_bytes().to_vec();
     // Exactly the maximum is accepted (just incomplete here).
     assert_eq!(split_frame(&buf, MAX_FRAME_LEN), Ok(None));
-    buf = u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_be_bytes().to_vec();
+    buf = u32::try_from(MAX_FRAME_LEN + 1)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
     assert_eq!(
         split_frame(&buf, MAX_FRAME_LEN),
         Err(DecodeError::FrameTooLarge {
@@ -186,7 +205,7 @@ fn max_name_bytes_on_the_wire() {
 
 #[test]
 fn max_identity_bytes_on_the_wire() {
-    let big = vec![0u8; MAX_IDENTITY_BYTES + 1];
+    let big = vec![0u8; MAX_PUBLIC_IDENTITY_BYTES + 1];
     let bytes = Frame::Register {
         name: "a",
         identity: &big,
@@ -218,7 +237,10 @@ fn max_list_items_on_the_wire() {
 #[test]
 fn bad_utf8_and_bad_flags_are_typed() {
     let body = [PROTOCOL_VERSION, FrameKind::Login as u8, 1, 0xff];
-    assert_eq!(Frame::decode(&body), Err(DecodeError::BadUtf8 { field: "name" }));
+    assert_eq!(
+        Frame::decode(&body),
+        Err(DecodeError::BadUtf8 { field: "name" })
+    );
     let mut c = Frame::Commits {
         group_id: [0; 16],
         more: false,
@@ -318,7 +340,10 @@ fn protocol_md_vectors() {
         }
     }
     for (kind, hex) in all {
-        assert!(doc.contains(&hex), "PROTOCOL.md lacks the vector for {kind:?}: {hex}");
+        assert!(
+            doc.contains(&hex),
+            "PROTOCOL.md lacks the vector for {kind:?}: {hex}"
+        );
     }
 }
 
@@ -344,7 +369,11 @@ fn vectors() -> Vec<Frame<'static>> {
             unix_ms: 1000,
             ciphertext: b"hi",
         }),
-        Frame::error(ErrorCode::StaleEpoch, FrameKind::GroupSend as u8, [0x22; 16]),
+        Frame::error(
+            ErrorCode::StaleEpoch,
+            FrameKind::GroupSend as u8,
+            [0x22; 16],
+        ),
     ]
 }
 
