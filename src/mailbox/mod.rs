@@ -45,11 +45,13 @@
 
 mod fault;
 mod mem;
-#[allow(dead_code, reason = "the mmap store (next commit) uses the rest")]
+mod mmap;
 mod record;
+mod sync;
 
 pub use fault::FaultStore;
 pub use mem::MemStore;
+pub use mmap::{MmapConfig, MmapStore};
 
 use std::path::PathBuf;
 

@@ -137,6 +137,22 @@ pub(crate) fn scan_record(buf: &[u8], max_payload: usize) -> Scan<'_> {
     })
 }
 
+/// Reads the record at the start of `buf` without verifying its checksum:
+/// for records this store wrote or already verified on open. `None` if the
+/// header does not fit `buf` (never panics).
+pub(crate) fn read_trusted(buf: &[u8]) -> Option<Decoded<'_>> {
+    let len = usize::try_from(be_u32(buf, 0)?).ok()?;
+    let size = encoded_len(len)?;
+    let payload = buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES.checked_add(len)?)?;
+    Some(Decoded {
+        id: be_u64(buf, 8)?,
+        kind: *buf.get(4)?,
+        unix_ms: be_u64(buf, 16)?,
+        payload,
+        size,
+    })
+}
+
 /// A parsed segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {

@@ -1,0 +1,841 @@
+//! `MmapStore`: append-only, checksummed, preallocated segment files under
+//! `<data-dir>/segments/`, read and written through memory maps
+//! (PROTOCOL.md, Part 4, has every byte).
+//!
+//! ```text
+//!   loop thread                         sync thread (Always / Batch)
+//!   append ─► encode into MmapMut ─┐
+//!            (active segment)      └─► dirty range ─► msync (MmapRaw) ─► durable mark
+//!   get / replay ◄─ index: id → (segment, offset)                       └─► on_durable()
+//! ```
+//!
+//! On open every segment is scanned and sealed; appends always go to a fresh
+//! segment, so a recovered file is never written again (bytes after a torn
+//! tail can never be mistaken for new records).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
+
+use super::record::{
+    self, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES, SEGMENT_HEADER_BYTES, Scan,
+    decode_segment_header, encode_record, encode_segment_header, encoded_len,
+};
+use super::sync::SyncThread;
+use super::{
+    CompactionStats, CorruptRecord, FsyncPolicy, RecordId, RecordRef, RecoveryReport,
+    SkippedSegment, Store, StoreError, StoreStats, TornTail,
+};
+use crate::limits::{
+    MAILBOX_MAX_PAYLOAD_BYTES, MAILBOX_MAX_SEGMENT_BYTES, MAILBOX_MAX_SEGMENTS,
+    MAILBOX_MIN_SEGMENT_BYTES, MAILBOX_SEGMENT_BYTES, MAILBOX_SYNC_BATCH_INTERVAL,
+};
+
+/// The memory-mapped store's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MmapConfig {
+    /// Size of each preallocated segment file, between
+    /// [`MAILBOX_MIN_SEGMENT_BYTES`] and [`MAILBOX_MAX_SEGMENT_BYTES`]
+    /// (default [`MAILBOX_SEGMENT_BYTES`]). The largest payload is the
+    /// smaller of [`MAILBOX_MAX_PAYLOAD_BYTES`] and what fits in one segment.
+    pub segment_bytes: u64,
+    /// Most segment files in use at once (default [`MAILBOX_MAX_SEGMENTS`]);
+    /// an append that needs one more fails with [`StoreError::StoreFull`].
+    pub max_segments: usize,
+    /// When records become durable.
+    pub fsync: FsyncPolicy,
+    /// How long the sync thread lets a batch fill under
+    /// [`FsyncPolicy::Batch`] (default [`MAILBOX_SYNC_BATCH_INTERVAL`]).
+    pub batch_interval: Duration,
+}
+
+impl Default for MmapConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: MAILBOX_SEGMENT_BYTES,
+            max_segments: MAILBOX_MAX_SEGMENTS,
+            fsync: FsyncPolicy::default(),
+            batch_interval: MAILBOX_SYNC_BATCH_INTERVAL,
+        }
+    }
+}
+
+/// One record in the in-memory index.
+#[derive(Clone, Copy)]
+struct Entry {
+    id: u64,
+    offset: u32,
+    released: bool,
+}
+
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    map: MmapMut,
+    /// Every record in this segment has an id >= this.
+    base_id: u64,
+    /// End of the records (the next append goes here, if active).
+    end: usize,
+    entries: Vec<Entry>,
+    live: usize,
+    bytes: u64,
+    /// The last id appended when `live` last dropped to zero.
+    released_at: u64,
+    /// The sync thread's view of the map (active segment only).
+    raw: Option<Arc<MmapRaw>>,
+}
+
+impl Segment {
+    fn find(&self, id: u64) -> Option<usize> {
+        // Ids in a segment are consecutive unless a corrupt record was
+        // skipped: try the direct slot first.
+        let guess = usize::try_from(id.checked_sub(self.entries.first()?.id)?).ok()?;
+        if self.entries.get(guess).is_some_and(|e| e.id == id) {
+            return Some(guess);
+        }
+        self.entries.binary_search_by_key(&id, |e| e.id).ok()
+    }
+
+    fn record(&self, e: Entry) -> Option<RecordRef<'_>> {
+        let offset = usize::try_from(e.offset).ok()?;
+        let buf = self.map.get(offset..self.end)?;
+        let d = record::read_trusted(buf)?;
+        Some(RecordRef {
+            id: RecordId(d.id),
+            kind: d.kind,
+            unix_ms: d.unix_ms,
+            payload: d.payload,
+        })
+    }
+}
+
+/// The memory-mapped, append-only segment store.
+///
+/// One thread (the relay's event loop) owns it. With [`FsyncPolicy::Always`]
+/// or [`FsyncPolicy::Batch`] a sync thread msyncs behind it and calls
+/// `on_durable` each time the durable mark advances (the loop passes a
+/// closure that wakes its `mio::Waker`). Under [`FsyncPolicy::Never`] there
+/// is no sync thread and [`Store::durable_up_to`] is always `None`.
+///
+/// Open file descriptors: one, the data directory's lock; segment files are
+/// closed as soon as they are mapped.
+pub struct MmapStore {
+    dir: PathBuf,
+    config: MmapConfig,
+    max_payload: usize,
+    segments: Vec<Segment>,
+    /// The last segment in `segments` was created by this process and takes
+    /// appends.
+    has_active: bool,
+    next_id: u64,
+    next_segment: u64,
+    report: RecoveryReport,
+    sync: Option<SyncThread>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for MmapStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapStore")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+/// Maps an error from preallocating `path` to a typed store error.
+fn prealloc_error(path: &Path, e: io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => StoreError::DiskFull {
+            path: path.to_path_buf(),
+        },
+        _ => StoreError::Io {
+            op: "preallocate",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// Preallocates (optionally) and maps `len` bytes of `file` read-write.
+/// The crate's one `unsafe` function.
+#[allow(unsafe_code, reason = "the memory map; see the SAFETY comments")]
+fn map_file(file: &File, len: usize, preallocate: bool) -> Result<MmapMut, io::Error> {
+    use std::os::fd::AsRawFd;
+    if preallocate {
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: posix_fallocate takes plain integers; the descriptor is
+        // valid for the duration of the call because `file` is borrowed.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    // SAFETY: a shared file mapping is only undefined behaviour if the file
+    // is truncated (SIGBUS) or changed by someone else while mapped. The
+    // segment files are this store's alone: created 0600 under a directory
+    // that this process holds an exclusive lock on; `len` never exceeds the
+    // file's size (just preallocated, or read from its metadata); the store
+    // never truncates a file while it is mapped (open unmaps before it
+    // truncates a recovered segment); and the bytes are treated as untrusted
+    // input (checked parsing, never cast to typed references), so even a
+    // foreign writer could cause wrong data, not memory unsafety in our code.
+    unsafe { MmapOptions::new().len(len).map_mut(file) }
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:016x}.seg"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What recovering one segment file found.
+enum Recovered {
+    /// Records to keep.
+    Kept(Segment),
+    /// No records (blank, or nothing valid): remove once a newer segment
+    /// carries the next id.
+    Empty,
+    /// Unreadable header: reported, left alone.
+    Skipped,
+}
+
+/// How a segment's scan ended.
+enum ScanEnd {
+    /// An all-zero header (or the end of the file).
+    Clean,
+    /// A torn or garbage tail was cut off.
+    Torn,
+}
+
+impl MmapStore {
+    /// Opens (or creates) the store under `<dir>/segments/`, scans every
+    /// segment (see [`Store::recovery_report`]), and starts the sync thread
+    /// for [`FsyncPolicy::Always`] and [`FsyncPolicy::Batch`].
+    ///
+    /// # Errors
+    /// [`StoreError::BadConfig`] for settings out of range;
+    /// [`StoreError::Locked`] if another process has the directory open;
+    /// [`StoreError::UnsupportedVersion`] for a segment from another format
+    /// version; [`StoreError::Io`] for file-system errors. A full disk is
+    /// not an error here: appends report it, and retry when space returns.
+    pub fn open(
+        dir: &Path,
+        config: MmapConfig,
+        on_durable: Box<dyn Fn() + Send>,
+    ) -> Result<Self, StoreError> {
+        let max_payload = validate(&config)?;
+        let seg_dir = dir.join("segments");
+        std::fs::create_dir_all(&seg_dir).map_err(io_err("create", &seg_dir))?;
+        let lock_path = seg_dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+        }
+
+        let mut store = Self {
+            dir: seg_dir,
+            config,
+            max_payload,
+            segments: Vec::new(),
+            has_active: false,
+            next_id: 1,
+            next_segment: 0,
+            report: RecoveryReport::default(),
+            sync: None,
+            _lock: lock,
+        };
+        let empty = store.recover()?;
+        let durable = store
+            .segments
+            .last()
+            .and_then(|s| s.entries.last())
+            .map_or(0, |e| e.id);
+        if store.config.fsync != FsyncPolicy::Never {
+            // What was found on disk may still sit in the page cache after a
+            // crash of the previous process: make it durable before the mark
+            // claims it.
+            for seg in &store.segments {
+                seg.map.flush().map_err(io_err("msync", &seg.path))?;
+            }
+        }
+        // The new active segment records the next id in its header; only
+        // once it is on disk may the empty segments that carried it go.
+        match store.create_segment() {
+            Ok(()) => {
+                if let Some(seg) = store.segments.last() {
+                    seg.map
+                        .flush_range(0, SEGMENT_HEADER_BYTES)
+                        .map_err(io_err("msync", &seg.path))?;
+                }
+                File::open(&store.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("sync", &store.dir))?;
+                for path in empty {
+                    std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    store.report.empty_segments_removed += 1;
+                }
+            }
+            Err(e) if e.is_full() => {
+                tracing::warn!(error = %e, "mailbox: no room for a new segment; appends will retry");
+            }
+            Err(e) => return Err(e),
+        }
+        if store.config.fsync != FsyncPolicy::Never {
+            let sync = SyncThread::start(
+                store.config.fsync,
+                store.config.batch_interval,
+                store.dir.clone(),
+                durable,
+                on_durable,
+            )
+            .map_err(io_err("spawn sync thread for", dir))?;
+            store.sync = Some(sync);
+        }
+        Ok(store)
+    }
+
+    /// Scans every segment file; returns the empty ones (to remove once the
+    /// new active segment is durable).
+    fn recover(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut numbers = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.dir))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        let mut empty = Vec::new();
+        let mut last_id = 0u64;
+        for number in numbers {
+            self.next_segment = self.next_segment.max(number.saturating_add(1));
+            self.report.segments_scanned += 1;
+            let path = segment_path(&self.dir, number);
+            match self.recover_segment(number, &path, &mut last_id)? {
+                Recovered::Kept(seg) => self.segments.push(seg),
+                Recovered::Empty => empty.push(path),
+                Recovered::Skipped => {}
+            }
+        }
+        self.next_id = self.next_id.max(last_id.saturating_add(1));
+        self.report.records_recovered = self.segments.iter().map(|s| s.entries.len() as u64).sum();
+        Ok(empty)
+    }
+
+    /// Scans one segment file.
+    fn recover_segment(
+        &mut self,
+        number: u64,
+        path: &Path,
+        last_id: &mut u64,
+    ) -> Result<Recovered, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        let file_len = file.metadata().map_err(io_err("stat", path))?.len();
+        let skip = |this: &mut Self, reason: &str| {
+            this.report.skipped_segments.push(SkippedSegment {
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+            });
+            Ok(Recovered::Skipped)
+        };
+        let Ok(len) = usize::try_from(file_len) else {
+            return skip(self, "larger than the address space");
+        };
+        if len < SEGMENT_HEADER_BYTES {
+            return Ok(Recovered::Empty);
+        }
+        let map = map_file(&file, len, false).map_err(io_err("map", path))?;
+        let header = match decode_segment_header(&map) {
+            Ok(h) if h.number == number => h,
+            Ok(_) => return skip(self, "header names another segment number"),
+            Err(record::HeaderError::Blank) => return Ok(Recovered::Empty),
+            Err(record::HeaderError::Corrupt) => return skip(self, "corrupt segment header"),
+            Err(record::HeaderError::Version(version)) => {
+                return Err(StoreError::UnsupportedVersion {
+                    path: path.to_path_buf(),
+                    version,
+                });
+            }
+        };
+        self.next_id = self.next_id.max(header.base_id);
+        let mut seg = Segment {
+            number,
+            path: path.to_path_buf(),
+            map,
+            base_id: header.base_id.max(last_id.saturating_add(1)),
+            end: SEGMENT_HEADER_BYTES,
+            entries: Vec::new(),
+            live: 0,
+            bytes: 0,
+            released_at: 0,
+            raw: None,
+        };
+        let end = self.scan_segment(&mut seg, last_id);
+        if seg.entries.is_empty() {
+            return Ok(Recovered::Empty);
+        }
+        if matches!(end, ScanEnd::Clean) && seg.end < len {
+            // Give back the preallocated space after the last record: unmap,
+            // truncate, map again (never truncate a mapped file).
+            drop(seg.map);
+            file.set_len(seg.end as u64)
+                .map_err(io_err("truncate", path))?;
+            seg.map = map_file(&file, seg.end, false).map_err(io_err("map", path))?;
+        }
+        Ok(Recovered::Kept(seg))
+    }
+
+    /// Indexes the records of `seg`, cutting off a torn tail and skipping
+    /// corrupt records in the middle (both reported).
+    fn scan_segment(&mut self, seg: &mut Segment, last_id: &mut u64) -> ScanEnd {
+        let mut off = SEGMENT_HEADER_BYTES;
+        let min_id = seg.base_id;
+        loop {
+            let accept = |id: u64, last: u64| id >= min_id && id > last;
+            match scan_at(&seg.map, off) {
+                Scan::Record(d) if accept(d.id, *last_id) => {
+                    let Ok(offset) = u32::try_from(off) else {
+                        break;
+                    };
+                    seg.entries.push(Entry {
+                        id: d.id,
+                        offset,
+                        released: false,
+                    });
+                    seg.bytes += d.size as u64;
+                    *last_id = d.id;
+                    off += d.size;
+                }
+                Scan::Record(d) => {
+                    // Checksum fine but out of order: not ours to replay.
+                    self.report.corrupt_records.push(CorruptRecord {
+                        segment: seg.number,
+                        offset: off as u64,
+                        claimed_id: d.id,
+                        bytes: d.size as u64,
+                    });
+                    off += d.size;
+                }
+                Scan::End => {
+                    seg.end = off;
+                    seg.live = seg.entries.len();
+                    return ScanEnd::Clean;
+                }
+                Scan::Bad { claimed_id, size } => {
+                    // Corrupt in the middle if a good record follows;
+                    // otherwise this is where the writes stopped.
+                    let next = off.saturating_add(size);
+                    if let Scan::Record(d) = scan_at(&seg.map, next)
+                        && accept(d.id, *last_id)
+                    {
+                        self.report.corrupt_records.push(CorruptRecord {
+                            segment: seg.number,
+                            offset: off as u64,
+                            claimed_id,
+                            bytes: size as u64,
+                        });
+                        off = next;
+                    } else {
+                        break;
+                    }
+                }
+                Scan::Garbage => break,
+            }
+        }
+        let tail = seg.map.get(off..).unwrap_or(&[]);
+        let bytes = tail.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        self.report.torn_tails.push(TornTail {
+            segment: seg.number,
+            offset: off as u64,
+            bytes: bytes as u64,
+        });
+        seg.end = off;
+        seg.live = seg.entries.len();
+        ScanEnd::Torn
+    }
+
+    /// Creates, preallocates and maps the next segment and makes it active.
+    /// On error nothing changes (a half-created file is removed).
+    fn create_segment(&mut self) -> Result<(), StoreError> {
+        let in_use = self.segments.len();
+        if in_use >= self.config.max_segments {
+            return Err(StoreError::StoreFull {
+                segments: in_use,
+                max_segments: self.config.max_segments,
+            });
+        }
+        let number = self.next_segment;
+        let path = segment_path(&self.dir, number);
+        let len = usize::try_from(self.config.segment_bytes)
+            .map_err(|_| StoreError::BadConfig("segment size exceeds the address space".into()))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        let mapped = map_file(&file, len, true)
+            .map_err(|e| prealloc_error(&path, e))
+            .and_then(|map| {
+                let raw = if self.config.fsync == FsyncPolicy::Never {
+                    None
+                } else {
+                    let raw = MmapOptions::new()
+                        .len(len)
+                        .map_raw(&file)
+                        .map_err(io_err("map", &path))?;
+                    Some(Arc::new(raw))
+                };
+                Ok((map, raw))
+            });
+        drop(file);
+        let (mut map, raw) = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                // Best effort: a failed creation leaves no file behind.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let header = encode_segment_header(number, self.next_id);
+        if let Some(dst) = map.get_mut(..SEGMENT_HEADER_BYTES) {
+            dst.copy_from_slice(&header);
+        }
+        if let (Some(sync), Some(raw)) = (&self.sync, &raw) {
+            sync.new_segment(raw, SEGMENT_HEADER_BYTES);
+        }
+        if let Some(old) = self.segments.last_mut().filter(|_| self.has_active) {
+            old.raw = None;
+        }
+        self.segments.push(Segment {
+            number,
+            path,
+            map,
+            base_id: self.next_id,
+            end: SEGMENT_HEADER_BYTES,
+            entries: Vec::new(),
+            live: 0,
+            bytes: 0,
+            released_at: 0,
+            raw,
+        });
+        self.has_active = true;
+        self.next_segment = number.saturating_add(1);
+        Ok(())
+    }
+
+    fn locate(&self, id: u64) -> Option<(usize, usize)> {
+        let after = self.segments.partition_point(|s| s.base_id <= id);
+        let s = after.checked_sub(1)?;
+        let e = self.segments.get(s)?.find(id)?;
+        Some((s, e))
+    }
+
+    /// The largest payload this store accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &MmapConfig {
+        &self.config
+    }
+}
+
+/// The record at byte `at` of a segment map.
+fn scan_at(map: &[u8], at: usize) -> Scan<'_> {
+    record::scan_record(map.get(at..).unwrap_or(&[]), MAILBOX_MAX_PAYLOAD_BYTES)
+}
+
+/// Checks `config`; returns the largest payload it allows.
+fn validate(config: &MmapConfig) -> Result<usize, StoreError> {
+    let range = MAILBOX_MIN_SEGMENT_BYTES..=MAILBOX_MAX_SEGMENT_BYTES;
+    if !range.contains(&config.segment_bytes) {
+        return Err(StoreError::BadConfig(format!(
+            "segment size {} outside {}..={}",
+            config.segment_bytes, MAILBOX_MIN_SEGMENT_BYTES, MAILBOX_MAX_SEGMENT_BYTES
+        )));
+    }
+    if config.max_segments == 0 {
+        return Err(StoreError::BadConfig(
+            "max_segments must be at least 1".into(),
+        ));
+    }
+    let seg = usize::try_from(config.segment_bytes)
+        .map_err(|_| StoreError::BadConfig("segment size exceeds the address space".into()))?;
+    // Payload room in an empty segment, rounded down to the record alignment.
+    let room = (seg - SEGMENT_HEADER_BYTES) & !(record::RECORD_ALIGN - 1);
+    let fits = room - RECORD_HEADER_BYTES - RECORD_TRAILER_BYTES;
+    Ok(fits.min(MAILBOX_MAX_PAYLOAD_BYTES))
+}
+
+impl Store for MmapStore {
+    fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
+        if self.sync.as_ref().is_some_and(|s| s.shared().failed()) {
+            return Err(StoreError::SyncFailed);
+        }
+        if payload.len() > self.max_payload {
+            return Err(StoreError::TooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        let size = encoded_len(payload.len()).ok_or(StoreError::TooLarge {
+            len: payload.len(),
+            max: self.max_payload,
+        })?;
+        let id = self.next_id;
+        let next = id.checked_add(1).ok_or(StoreError::IdsExhausted)?;
+        let fits = |s: &Segment| s.end.checked_add(size).is_some_and(|e| e <= s.map.len());
+        if !self.has_active || !self.segments.last().is_some_and(fits) {
+            self.create_segment()?;
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Err(StoreError::BadConfig("no active segment".into()));
+        };
+        let from = seg.end;
+        let to = from + size;
+        let offset = u32::try_from(from)
+            .map_err(|_| StoreError::BadConfig("segment offset over u32".into()))?;
+        let written = seg
+            .map
+            .get_mut(from..to)
+            .and_then(|buf| encode_record(buf, id, kind, unix_ms, payload));
+        if written.is_none() {
+            return Err(StoreError::TooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        seg.entries.push(Entry {
+            id,
+            offset,
+            released: false,
+        });
+        seg.end = to;
+        seg.live += 1;
+        seg.bytes += size as u64;
+        self.next_id = next;
+        if let (Some(sync), Some(raw)) = (&self.sync, &seg.raw) {
+            sync.dirty(raw, from, to, id);
+        }
+        Ok(RecordId(id))
+    }
+
+    fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
+        let (s, e) = self.locate(id.0).ok_or(StoreError::NotFound(id))?;
+        let seg = self.segments.get(s).ok_or(StoreError::NotFound(id))?;
+        let entry = *seg.entries.get(e).ok_or(StoreError::NotFound(id))?;
+        seg.record(entry).ok_or(StoreError::NotFound(id))
+    }
+
+    fn release(&mut self, id: RecordId) {
+        let last_appended = self.next_id.saturating_sub(1);
+        let Some((s, e)) = self.locate(id.0) else {
+            return;
+        };
+        let Some(seg) = self.segments.get_mut(s) else {
+            return;
+        };
+        let Some(entry) = seg.entries.get_mut(e) else {
+            return;
+        };
+        if !entry.released {
+            entry.released = true;
+            seg.live -= 1;
+            if seg.live == 0 {
+                seg.released_at = last_appended;
+            }
+        }
+    }
+
+    fn durable_up_to(&self) -> Option<RecordId> {
+        let d = self.sync.as_ref()?.shared().durable();
+        (d > 0).then_some(RecordId(d))
+    }
+
+    fn replay(&self, f: &mut dyn FnMut(RecordRef<'_>)) {
+        for seg in &self.segments {
+            for &e in &seg.entries {
+                if let Some(r) = seg.record(e) {
+                    f(r);
+                }
+            }
+        }
+    }
+
+    fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn compact(&mut self) -> Result<CompactionStats, StoreError> {
+        // Under Never nothing is ever known durable; deleting is then as
+        // safe as anything else that policy does.
+        let durable = match self.config.fsync {
+            FsyncPolicy::Never => u64::MAX,
+            _ => self.durable_up_to().map_or(0, |d| d.0),
+        };
+        let mut stats = CompactionStats::default();
+        let deletable = self.segments.len() - usize::from(self.has_active);
+        let mut i = 0;
+        let mut examined = 0;
+        while examined < deletable {
+            examined += 1;
+            let Some(seg) = self.segments.get(i) else {
+                break;
+            };
+            if seg.live > 0 {
+                i += 1;
+                continue;
+            }
+            if durable < seg.released_at {
+                stats.segments_waiting_for_sync += 1;
+                i += 1;
+                continue;
+            }
+            std::fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
+            let seg = self.segments.remove(i);
+            stats.segments_deleted += 1;
+            stats.records_dropped += seg.entries.len() as u64;
+            stats.bytes_freed += seg.bytes;
+        }
+        Ok(stats)
+    }
+
+    fn pinning_oldest(&self, max: usize) -> Vec<RecordId> {
+        if self.segments.len() < 2 && self.has_active {
+            return Vec::new();
+        }
+        self.segments
+            .first()
+            .into_iter()
+            .flat_map(|s| s.entries.iter())
+            .filter(|e| !e.released)
+            .take(max)
+            .map(|e| RecordId(e.id))
+            .collect()
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            records: self.segments.iter().map(|s| s.entries.len() as u64).sum(),
+            live_records: self.segments.iter().map(|s| s.live as u64).sum(),
+            bytes: self.segments.iter().map(|s| s.bytes).sum(),
+            segments: self.segments.len(),
+            next_id: self.next_id,
+            durable_up_to: self.durable_up_to(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(segment_bytes: u64) -> MmapConfig {
+        MmapConfig {
+            segment_bytes,
+            ..MmapConfig::default()
+        }
+    }
+
+    #[test]
+    fn segment_size_bounds_and_payload_room() {
+        assert!(validate(&config(MAILBOX_MIN_SEGMENT_BYTES - 1)).is_err());
+        assert!(validate(&config(MAILBOX_MAX_SEGMENT_BYTES + 1)).is_err());
+        assert_eq!(
+            validate(&config(MAILBOX_MAX_SEGMENT_BYTES)).unwrap(),
+            MAILBOX_MAX_PAYLOAD_BYTES
+        );
+        assert_eq!(
+            validate(&config(MAILBOX_SEGMENT_BYTES)).unwrap(),
+            MAILBOX_MAX_PAYLOAD_BYTES
+        );
+        let min = validate(&config(MAILBOX_MIN_SEGMENT_BYTES)).unwrap();
+        // The largest payload fills the smallest segment exactly.
+        let size = encoded_len(min).unwrap();
+        assert_eq!(SEGMENT_HEADER_BYTES + size, 4096);
+        assert!(
+            validate(&MmapConfig {
+                max_segments: 0,
+                ..MmapConfig::default()
+            })
+            .is_err()
+        );
+        // Offsets are kept as u32: the largest segment must fit.
+        assert!(u32::try_from(MAILBOX_MAX_SEGMENT_BYTES).is_ok());
+    }
+
+    #[test]
+    fn preallocation_failures_map_to_disk_full() {
+        let p = Path::new("x.seg");
+        for errno in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
+            let e = prealloc_error(p, io::Error::from_raw_os_error(errno));
+            assert!(matches!(e, StoreError::DiskFull { .. }), "{errno}");
+            assert!(e.is_full());
+        }
+        let e = prealloc_error(p, io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(
+            e,
+            StoreError::Io {
+                op: "preallocate",
+                ..
+            }
+        ));
+        assert!(!e.is_full());
+    }
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(parse_segment_name("00000000000000ff.seg"), Some(255));
+        assert_eq!(
+            segment_path(Path::new("d"), 255),
+            Path::new("d/00000000000000ff.seg")
+        );
+        for bad in [
+            "ff.seg",
+            "00000000000000ff.tmp",
+            "00000000000000fg.seg",
+            "LOCK",
+            "+000000000000000.seg",
+        ] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+}
