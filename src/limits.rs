@@ -66,6 +66,40 @@ pub const MAX_GROUP_DISPLAY_NAME_BYTES: usize = 200;
 /// identity is 384 + 32 + 64 bytes plus framing; this leaves room).
 pub const MAX_PUBLIC_IDENTITY_BYTES: usize = 1_024;
 
+/// Most skipped message keys a receiver keeps per chain (one sender's key
+/// id); beyond it the oldest are evicted. libsignal keeps 2,000.
+pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2_000;
+
+/// Most skipped message keys a receiver keeps across all chains of one
+/// group; beyond it the oldest (by storage time) are evicted. About 1 MiB of
+/// state at ~50 bytes a key.
+pub const MAX_SKIPPED_KEYS_TOTAL: usize = 20_000;
+
+/// Age after which a skipped message key is erased, in milliseconds (30
+/// days: the relay's default time to live, after which the message it opens
+/// cannot arrive any more).
+pub const MAX_SKIPPED_KEY_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Furthest a message may be ahead of the chain (stored skips), beyond which
+/// it is refused without any state change. libsignal uses 25,000.
+pub const MAX_FORWARD_JUMP: u32 = 25_000;
+
+/// Most keys that gap notices may let a receiver skip without storing them
+/// (each costs one HMAC; a million is well under a second).
+pub const MAX_GAP_ALLOWANCE: u32 = 1_000_000;
+
+/// Sender keys (key ids) kept per sender: the newest and the one before, so
+/// messages sent just before a rotation can still be opened.
+pub const MAX_SENDER_KEYS_PER_SENDER: usize = 2;
+
+/// Largest group message plaintext, in bytes (a sealed message stays inside
+/// the default 1 MiB frame with room for headers).
+pub const MAX_GROUP_PLAINTEXT_BYTES: usize = 1_000_000;
+
+/// Peers below which the pairwise setup runs serially (rayon's overhead
+/// outweighs a handful of ~0.6 ms modexps).
+pub const PARALLEL_SETUP_THRESHOLD: usize = 4;
+
 // ---------------------------------------------------------------------------
 // Wire protocol (src/wire)
 // ---------------------------------------------------------------------------
