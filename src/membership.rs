@@ -842,6 +842,11 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn finish(self) -> Result<(), MembershipError> {
+        self.finish_ref()
+    }
+
+    /// Like [`Reader::finish`], for a borrowed reader.
+    pub(crate) fn finish_ref(&self) -> Result<(), MembershipError> {
         if self.rest.is_empty() {
             Ok(())
         } else {

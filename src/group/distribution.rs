@@ -15,7 +15,7 @@ use super::GroupError;
 use crate::crypto::envelope;
 use crate::crypto::kdf::EnvelopeKeys;
 use crate::limits::MAX_ROSTER_NAME_BYTES;
-use crate::membership::{GroupId, Reader};
+use crate::membership::{GroupId, MembershipError, Reader};
 
 /// Kind byte that opens a distribution's envelope header.
 pub const DISTRIBUTION_KIND: u8 = 0x02;
@@ -120,24 +120,29 @@ impl Distribution {
     /// bytes.
     pub fn decode(bytes: &[u8]) -> Result<Distribution, GroupError> {
         let mut r = Reader::new(bytes);
-        if r.u8()? != DISTRIBUTION_VERSION {
-            return Err(GroupError::Malformed("distribution version"));
-        }
-        let group_id = r.array()?;
-        let epoch = r.u64()?;
-        let key_id = r.u32()?;
-        let iteration = r.u32()?;
-        let chain_key = Zeroizing::new(r.array::<32>()?);
-        let signing_public = r.array()?;
-        r.finish()?;
-        Ok(Distribution::new(
-            group_id,
-            epoch,
-            key_id,
-            iteration,
-            *chain_key,
-            signing_public,
-        ))
+        let inner = |r: &mut Reader<'_>| -> Result<Option<Distribution>, MembershipError> {
+            if r.u8()? != DISTRIBUTION_VERSION {
+                return Ok(None);
+            }
+            let group_id = r.array()?;
+            let epoch = r.u64()?;
+            let key_id = r.u32()?;
+            let iteration = r.u32()?;
+            let chain_key = Zeroizing::new(r.array::<32>()?);
+            let signing_public = r.array()?;
+            r.finish_ref()?;
+            Ok(Some(Distribution::new(
+                group_id,
+                epoch,
+                key_id,
+                iteration,
+                *chain_key,
+                signing_public,
+            )))
+        };
+        inner(&mut r)
+            .map_err(|_| GroupError::Malformed("distribution"))?
+            .ok_or(GroupError::Malformed("distribution version"))
     }
 
     /// Seals this distribution from `sender` to `recipient` under the
@@ -218,12 +223,17 @@ impl DistributionHeader {
     /// [`GroupError::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<DistributionHeader, GroupError> {
         let mut r = Reader::new(bytes);
-        if r.u8()? != DISTRIBUTION_KIND {
-            return Err(GroupError::Malformed("distribution kind"));
-        }
-        let sender = r.string(MAX_ROSTER_NAME_BYTES)?;
-        let recipient = r.string(MAX_ROSTER_NAME_BYTES)?;
-        r.finish()?;
-        Ok(DistributionHeader { sender, recipient })
+        let inner = |r: &mut Reader<'_>| -> Result<Option<DistributionHeader>, MembershipError> {
+            if r.u8()? != DISTRIBUTION_KIND {
+                return Ok(None);
+            }
+            let sender = r.string(MAX_ROSTER_NAME_BYTES)?;
+            let recipient = r.string(MAX_ROSTER_NAME_BYTES)?;
+            r.finish_ref()?;
+            Ok(Some(DistributionHeader { sender, recipient }))
+        };
+        inner(&mut r)
+            .map_err(|_| GroupError::Malformed("distribution header"))?
+            .ok_or(GroupError::Malformed("distribution kind"))
     }
 }

@@ -248,10 +248,7 @@ mod tests {
         }
         assert_eq!(a.key_bytes(), b.key_bytes());
         assert_eq!(a.iteration(), 10);
-        assert_eq!(
-            a.step().unwrap().as_bytes(),
-            b.step().unwrap().as_bytes()
-        );
+        assert_eq!(a.step().unwrap().as_bytes(), b.step().unwrap().as_bytes());
     }
 
     #[test]
@@ -276,7 +273,11 @@ mod tests {
         let k = seed.keys();
         let hk = Hkdf::<Sha256>::new(None, &[3; 32]);
         let mut info = Vec::new();
-        info.extend_from_slice(&(LABEL_MESSAGE_KEYS.len() as u16).to_be_bytes());
+        info.extend_from_slice(
+            &u16::try_from(LABEL_MESSAGE_KEYS.len())
+                .unwrap()
+                .to_be_bytes(),
+        );
         info.extend_from_slice(LABEL_MESSAGE_KEYS.as_bytes());
         info.extend_from_slice(&4u16.to_be_bytes());
         info.extend_from_slice(&5u32.to_be_bytes());

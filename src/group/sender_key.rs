@@ -35,11 +35,11 @@ use crate::crypto::envelope;
 use crate::crypto::identity::SigningKeyPair;
 use crate::crypto::kdf::EnvelopeKeys;
 use crate::limits::{
-    MAX_FORWARD_JUMP, MAX_GAP_ALLOWANCE, MAX_GROUP_PLAINTEXT_BYTES, MAX_SENDER_KEYS_PER_SENDER,
-    MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS_PER_CHAIN, MAX_SKIPPED_KEYS_TOTAL,
-    MAX_ROSTER_NAME_BYTES,
+    MAX_FORWARD_JUMP, MAX_GAP_ALLOWANCE, MAX_GROUP_PLAINTEXT_BYTES, MAX_ROSTER_NAME_BYTES,
+    MAX_SENDER_KEYS_PER_SENDER, MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS_PER_CHAIN,
+    MAX_SKIPPED_KEYS_TOTAL,
 };
-use crate::membership::{GroupId, Reader};
+use crate::membership::{GroupId, MembershipError, Reader};
 
 /// Kind byte that opens a group message header.
 pub const GROUP_MESSAGE_KIND: u8 = 0x01;
@@ -98,19 +98,25 @@ impl GroupMessageHeader {
     /// bytes or an invalid sender name.
     pub fn decode(bytes: &[u8]) -> Result<GroupMessageHeader, GroupError> {
         let mut r = Reader::new(bytes);
-        if r.u8()? != GROUP_MESSAGE_KIND {
-            return Err(GroupError::Malformed("group message kind"));
-        }
-        let header = GroupMessageHeader {
-            group_id: r.array()?,
-            epoch: r.u64()?,
-            sender: r.string(MAX_ROSTER_NAME_BYTES)?,
-            key_id: r.u32()?,
-            iteration: r.u32()?,
-            unix_ms: r.u64()?,
-            message_id: r.array()?,
+        let inner = |r: &mut Reader<'_>| -> Result<Option<GroupMessageHeader>, MembershipError> {
+            if r.u8()? != GROUP_MESSAGE_KIND {
+                return Ok(None);
+            }
+            Ok(Some(GroupMessageHeader {
+                group_id: r.array()?,
+                epoch: r.u64()?,
+                sender: r.string(MAX_ROSTER_NAME_BYTES)?,
+                key_id: r.u32()?,
+                iteration: r.u32()?,
+                unix_ms: r.u64()?,
+                message_id: r.array()?,
+            }))
         };
-        r.finish()?;
+        let header = inner(&mut r)
+            .map_err(|_| GroupError::Malformed("group message header"))?
+            .ok_or(GroupError::Malformed("group message kind"))?;
+        r.finish()
+            .map_err(|_| GroupError::Malformed("group message header"))?;
         Ok(header)
     }
 
@@ -130,9 +136,12 @@ impl GroupMessageHeader {
         signature.copy_from_slice(sig);
         // Envelope layout (Part 1): version (1), header_len (u16), header.
         let mut r = Reader::new(env);
-        let _version = r.u8()?;
-        let len = usize::from(r.u16()?);
-        let header = GroupMessageHeader::decode(r.bytes(len)?)?;
+        let header_bytes = r
+            .u8()
+            .and_then(|_version| r.u16())
+            .and_then(|len| r.bytes(usize::from(len)))
+            .map_err(|_| GroupError::Malformed("group message envelope"))?;
+        let header = GroupMessageHeader::decode(header_bytes)?;
         Ok((header, env, signature))
     }
 }
@@ -386,7 +395,8 @@ impl ReceiverChain {
         }
         // Keys beyond the per-chain limit would be evicted at once: derive
         // them without keeping them.
-        let discard = to_store.saturating_sub(u32::try_from(MAX_SKIPPED_KEYS_PER_CHAIN).unwrap_or(u32::MAX));
+        let discard =
+            to_store.saturating_sub(u32::try_from(MAX_SKIPPED_KEYS_PER_CHAIN).unwrap_or(u32::MAX));
         let mut chain = self.chain.duplicate();
         chain.skip(unstored + discard)?;
         let keep = to_store - discard;
@@ -499,8 +509,8 @@ impl ReceiverStore {
         if d.group_id() != &self.group_id {
             return Err(GroupError::WrongGroup);
         }
-        let signing = VerifyingKey::from_bytes(d.signing_public())
-            .map_err(|_| GroupError::BadSigningKey)?;
+        let signing =
+            VerifyingKey::from_bytes(d.signing_public()).map_err(|_| GroupError::BadSigningKey)?;
         if let Some(newest) = self.chains.get(sender).and_then(|v| v.last()) {
             if d.key_id() < newest.key_id || d.epoch() < newest.epoch {
                 return Err(GroupError::Rollback {
@@ -574,7 +584,8 @@ impl ReceiverStore {
     pub fn expire(&mut self, now_unix_ms: u64) {
         for c in self.chains.values_mut().flatten() {
             let before = c.skipped.len();
-            c.skipped.retain(|_, s| !expired(s.stored_unix_ms, now_unix_ms));
+            c.skipped
+                .retain(|_, s| !expired(s.stored_unix_ms, now_unix_ms));
             self.skipped_total -= before - c.skipped.len();
         }
     }

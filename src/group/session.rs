@@ -18,6 +18,8 @@ use super::distribution::Distribution;
 use super::sender_key::{
     DistributionOutcome, GroupMessageHeader, OpenedMessage, ReceiverStore, SenderKey,
 };
+use super::setup::{Parallelism, PeerChannel, pairwise_channels};
+use crate::crypto::identity::{IdentityKeyPair, PublicIdentity};
 use crate::membership::{Commit, GroupState, MembershipError, Operation};
 
 /// Key id of a member's first sender key in a group.
@@ -291,5 +293,40 @@ impl GroupSession {
             return Err(GroupError::NotMember(header.sender));
         }
         self.receivers.open(message, now_unix_ms)
+    }
+
+    /// A new member's full setup (or a re-keying member's): the pairwise
+    /// channels to `peers` (each checked against the roster and its
+    /// certificate, computed with rayon above the threshold) and my
+    /// distribution sealed to each, in input order. Send each sealed
+    /// distribution as a direct message to its peer.
+    ///
+    /// # Errors
+    /// [`GroupError::Unusable`] for the whole call; per peer,
+    /// [`GroupError::NotMember`], [`GroupError::BadIdentity`] or a DH
+    /// validation error, without stopping the others.
+    #[allow(clippy::type_complexity)] // a per-peer result list reads best here
+    pub fn setup_and_distribute(
+        &mut self,
+        identity: &IdentityKeyPair,
+        peers: &[(String, PublicIdentity)],
+        mode: Parallelism,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Vec<Result<(PeerChannel, Vec<u8>), GroupError>>, GroupError> {
+        self.usable()?;
+        let epoch = self.state.epoch();
+        let channels = pairwise_channels(&self.me, identity, peers, Some(&self.state), mode);
+        Ok(channels
+            .into_iter()
+            .map(|ch| {
+                let ch = ch?;
+                if ch.peer == self.me {
+                    return Err(GroupError::NotMember(ch.peer));
+                }
+                let dist = self.my_key.distribution_for(&ch.peer, epoch);
+                let sealed = dist.seal(&ch.send, &self.me, &ch.peer, rng)?;
+                Ok((ch, sealed))
+            })
+            .collect())
     }
 }

@@ -6,11 +6,9 @@
 //! agreements (constant-time 256-bit-exponent modexps) dominate; sealing is
 //! microseconds and stays serial because the RNG is one injected `&mut`.
 
-use rand_core::CryptoRng;
 use rayon::prelude::*;
 
 use super::GroupError;
-use super::sender_key::SenderKey;
 use crate::crypto::identity::{IdentityKeyPair, PublicIdentity};
 use crate::crypto::kdf::{EnvelopeKeys, channel_keys};
 use crate::limits::PARALLEL_SETUP_THRESHOLD;
@@ -93,37 +91,12 @@ pub fn pairwise_channels(
         Parallelism::Serial => false,
         Parallelism::Parallel => true,
     };
-    let one = |(name, public): &(String, PublicIdentity)| channel(me, identity, name, public, roster);
+    let one =
+        |(name, public): &(String, PublicIdentity)| channel(me, identity, name, public, roster);
     if parallel {
         // `collect` on an indexed parallel iterator keeps input order.
         peers.par_iter().map(one).collect()
     } else {
         peers.iter().map(one).collect()
     }
-}
-
-/// A new member's (or a re-keying member's) full setup: the channels to
-/// every peer and my distribution sealed to each, in input order.
-///
-/// Returns, per peer, the channel and the sealed distribution (to send as a
-/// direct message), or why that peer failed.
-pub fn setup_and_distribute(
-    me: &str,
-    identity: &IdentityKeyPair,
-    my_key: &mut SenderKey,
-    epoch: u64,
-    peers: &[(String, PublicIdentity)],
-    roster: Option<&GroupState>,
-    mode: Parallelism,
-    rng: &mut impl CryptoRng,
-) -> Vec<Result<(PeerChannel, Vec<u8>), GroupError>> {
-    pairwise_channels(me, identity, peers, roster, mode)
-        .into_iter()
-        .map(|ch| {
-            let ch = ch?;
-            let dist = my_key.distribution_for(&ch.peer, epoch);
-            let sealed = dist.seal(&ch.send, me, &ch.peer, rng)?;
-            Ok((ch, sealed))
-        })
-        .collect()
 }
