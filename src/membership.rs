@@ -2,8 +2,8 @@
 //!
 //! This is the one membership module that both the relay core and the client
 //! import (DESIGN.md, "One membership module"). It is pure and needs only
-//! Ed25519 signature checks: it imports no DH, no envelope and nothing from
-//! `group`.
+//! Ed25519 signature checks (`crypto::identity::verify_signature`, strict):
+//! it imports no DH, no envelope and nothing from `group`.
 //!
 //! ```text
 //!   genesis commit (epoch 0) ──► GroupState::from_genesis ──► state@0
@@ -48,6 +48,9 @@ pub type IdentityKey = [u8; 32];
 
 /// Version byte that opens every encoded commit.
 pub const COMMIT_VERSION: u8 = 1;
+
+/// Version byte of [`GroupState::to_state_bytes`].
+pub const STATE_VERSION: u8 = 1;
 
 /// Domain-separation label of the commit signature input.
 pub const COMMIT_SIGNATURE_LABEL: &[u8] = b"Hermes membership commit v1";
@@ -736,12 +739,72 @@ impl GroupState {
     pub fn members(&self) -> impl Iterator<Item = (&str, &IdentityKey)> {
         self.members.iter().map(|(n, k)| (n.as_str(), k))
     }
+
+    /// Encodes this verified state for the client's own state file:
+    /// `u8 version (1) ‖ group id ‖ str display name ‖ str admin ‖ u64 epoch
+    /// ‖ u8 dissolved ‖ u32 count ‖ (str name ‖ key) per member`.
+    pub fn to_state_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.members.len() * 48);
+        out.push(STATE_VERSION);
+        out.extend_from_slice(&self.group_id);
+        put_str(&mut out, &self.display_name);
+        put_str(&mut out, &self.admin);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.push(u8::from(self.dissolved));
+        put_u32_len(&mut out, self.members.len());
+        for (name, key) in &self.members {
+            put_str(&mut out, name);
+            out.extend_from_slice(key);
+        }
+        out
+    }
+
+    /// Decodes [`GroupState::to_state_bytes`].
+    ///
+    /// **Trusted input only**: this skips every signature check, so it is
+    /// for bytes this client wrote itself into its authenticated, encrypted
+    /// state file, never for anything from the network.
+    ///
+    /// # Errors
+    /// Structural errors, limits, an unsorted roster.
+    pub fn from_trusted_state_bytes(bytes: &[u8]) -> Result<GroupState, MembershipError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != STATE_VERSION {
+            return Err(MembershipError::UnknownVersion(version));
+        }
+        let group_id = r.array::<16>()?;
+        let display_name = r.string(MAX_GROUP_DISPLAY_NAME_BYTES)?;
+        let admin = r.string(MAX_ROSTER_NAME_BYTES)?;
+        let epoch = r.u64()?;
+        let dissolved = r.u8()? != 0;
+        let count = r.u32()? as usize;
+        if count > MAX_GROUP_MEMBERS {
+            return Err(MembershipError::TooManyMembers {
+                count,
+                max: MAX_GROUP_MEMBERS,
+            });
+        }
+        let mut list = Vec::with_capacity(count.min(r.remaining() / 35));
+        for _ in 0..count {
+            let name = r.string(MAX_ROSTER_NAME_BYTES)?;
+            list.push((name, r.array::<32>()?));
+        }
+        r.finish()?;
+        check_sorted(&list)?;
+        Ok(GroupState {
+            group_id,
+            display_name,
+            admin,
+            epoch,
+            members: list.into_iter().collect(),
+            dissolved,
+        })
+    }
 }
 
 fn verify(key: &IdentityKey, msg: &[u8], sig: &[u8; 64]) -> Result<(), MembershipError> {
-    let vk =
-        ed25519_dalek::VerifyingKey::from_bytes(key).map_err(|_| MembershipError::BadSignature)?;
-    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
+    crate::crypto::identity::verify_signature(key, msg, sig)
         .map_err(|_| MembershipError::BadSignature)
 }
 
@@ -1295,6 +1358,17 @@ mod tests {
             ),
             Err(MembershipError::TooManyMembers { .. })
         ));
+    }
+
+    #[test]
+    fn state_bytes_roundtrip() {
+        let (alice, _, carol, s0) = setup();
+        let s1 = s0.apply(&add(&s0, &alice, &carol)).unwrap();
+        let bytes = s1.to_state_bytes();
+        assert_eq!(GroupState::from_trusted_state_bytes(&bytes).unwrap(), s1);
+        for cut in 0..bytes.len() {
+            assert!(GroupState::from_trusted_state_bytes(&bytes[..cut]).is_err());
+        }
     }
 
     #[test]

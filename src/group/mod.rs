@@ -32,7 +32,7 @@ use thiserror::Error;
 use crate::crypto::CryptoError;
 use crate::membership::MembershipError;
 
-pub use distribution::Distribution;
+pub use distribution::{Distribution, KeyRequest, Welcome};
 pub use ratchet::ChainKey;
 pub use sender_key::{
     DistributionOutcome, GroupMessageHeader, OpenedMessage, ReceiverStore, SenderKey,

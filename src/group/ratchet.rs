@@ -156,6 +156,11 @@ impl Drop for MessageSeed {
 }
 
 impl MessageSeed {
+    /// A seed from stored bytes (the client's state file).
+    pub(crate) fn from_parts(seed: [u8; 32], iteration: u32) -> MessageSeed {
+        MessageSeed { seed, iteration }
+    }
+
     /// The iteration this seed belongs to.
     pub fn iteration(&self) -> u32 {
         self.iteration

@@ -467,6 +467,11 @@ impl ReceiverStore {
         }
     }
 
+    /// The group.
+    pub fn group_id(&self) -> &GroupId {
+        &self.group_id
+    }
+
     /// Total skipped keys held across all chains.
     pub fn skipped_total(&self) -> usize {
         self.skipped_total
@@ -700,5 +705,189 @@ impl ReceiverStore {
                 self.skipped_total -= 1;
             }
         }
+    }
+}
+
+/// Version byte of the state encodings below (the client's own state file).
+pub const SENDER_STATE_VERSION: u8 = 1;
+
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+}
+
+fn state_err(_: MembershipError) -> GroupError {
+    GroupError::Malformed("sender-key state")
+}
+
+impl SenderKey {
+    /// Encodes the whole sender key for the client's encrypted state file
+    /// (zeroized on drop): `u8 version ‖ group id ‖ u32 key id ‖ u32
+    /// iteration ‖ chain key ‖ signing secret ‖ u32 count ‖ (str member ‖ u64
+    /// epoch ‖ u32 iteration ‖ chain key) per member given`.
+    pub fn to_state_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(100 + self.given.len() * 60));
+        out.push(SENDER_STATE_VERSION);
+        out.extend_from_slice(&self.group_id);
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.extend_from_slice(&self.chain.iteration().to_be_bytes());
+        out.extend_from_slice(self.chain.key_bytes());
+        out.extend_from_slice(self.signing.to_secret_bytes().expose());
+        out.extend_from_slice(
+            &u32::try_from(self.given.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        for (member, g) in &self.given {
+            put_name(&mut out, member);
+            out.extend_from_slice(&g.epoch.to_be_bytes());
+            out.extend_from_slice(&g.iteration.to_be_bytes());
+            out.extend_from_slice(g.chain_key.as_slice());
+        }
+        out
+    }
+
+    /// Decodes [`SenderKey::to_state_bytes`] (trusted input: the client's
+    /// own authenticated state file; still parsed with every check).
+    ///
+    /// # Errors
+    /// [`GroupError::Malformed`].
+    pub fn from_state_bytes(bytes: &[u8]) -> Result<SenderKey, GroupError> {
+        let mut r = Reader::new(bytes);
+        if r.u8().map_err(state_err)? != SENDER_STATE_VERSION {
+            return Err(GroupError::Malformed("sender-key state version"));
+        }
+        let group_id = r.array().map_err(state_err)?;
+        let key_id = r.u32().map_err(state_err)?;
+        let iteration = r.u32().map_err(state_err)?;
+        let chain_key = Zeroizing::new(r.array::<32>().map_err(state_err)?);
+        let secret = Zeroizing::new(r.array::<32>().map_err(state_err)?);
+        let mut key = SenderKey::from_parts(group_id, key_id, *chain_key, iteration, &secret);
+        let count = r.u32().map_err(state_err)?;
+        for _ in 0..count {
+            let member = r.string(MAX_ROSTER_NAME_BYTES).map_err(state_err)?;
+            let epoch = r.u64().map_err(state_err)?;
+            let iteration = r.u32().map_err(state_err)?;
+            let ck = Zeroizing::new(r.array::<32>().map_err(state_err)?);
+            key.given.insert(
+                member,
+                Given {
+                    epoch,
+                    iteration,
+                    chain_key: Box::new(*ck),
+                },
+            );
+        }
+        r.finish().map_err(state_err)?;
+        Ok(key)
+    }
+}
+
+impl ReceiverStore {
+    /// Encodes every chain and skipped key for the client's encrypted state
+    /// file (zeroized on drop): `u8 version ‖ group id ‖ u32 senders ‖ per
+    /// sender (str name ‖ u8 chains ‖ per chain (u32 key id ‖ u64 epoch ‖
+    /// signing public ‖ u32 iteration ‖ chain key ‖ u32 gap allowance ‖ u32
+    /// skipped ‖ per skipped (u32 iteration ‖ seed ‖ u64 stored unix ms)))`.
+    pub fn to_state_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(
+            32 + self.chains.len() * 128 + self.skipped_total * 44,
+        ));
+        out.push(SENDER_STATE_VERSION);
+        out.extend_from_slice(&self.group_id);
+        out.extend_from_slice(
+            &u32::try_from(self.chains.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        for (sender, chains) in &self.chains {
+            put_name(&mut out, sender);
+            out.push(u8::try_from(chains.len()).unwrap_or(u8::MAX));
+            for c in chains {
+                out.extend_from_slice(&c.key_id.to_be_bytes());
+                out.extend_from_slice(&c.epoch.to_be_bytes());
+                out.extend_from_slice(c.signing.as_bytes());
+                out.extend_from_slice(&c.chain.iteration().to_be_bytes());
+                out.extend_from_slice(c.chain.key_bytes());
+                out.extend_from_slice(&c.gap_allowance.to_be_bytes());
+                out.extend_from_slice(
+                    &u32::try_from(c.skipped.len())
+                        .unwrap_or(u32::MAX)
+                        .to_be_bytes(),
+                );
+                for (it, s) in &c.skipped {
+                    out.extend_from_slice(&it.to_be_bytes());
+                    out.extend_from_slice(s.seed.as_bytes());
+                    out.extend_from_slice(&s.stored_unix_ms.to_be_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes [`ReceiverStore::to_state_bytes`], enforcing every limit.
+    ///
+    /// # Errors
+    /// [`GroupError::Malformed`], [`GroupError::BadSigningKey`].
+    pub fn from_state_bytes(bytes: &[u8]) -> Result<ReceiverStore, GroupError> {
+        let mut r = Reader::new(bytes);
+        if r.u8().map_err(state_err)? != SENDER_STATE_VERSION {
+            return Err(GroupError::Malformed("receiver state version"));
+        }
+        let mut store = ReceiverStore::new(r.array().map_err(state_err)?);
+        let senders = r.u32().map_err(state_err)?;
+        for _ in 0..senders {
+            let sender = r.string(MAX_ROSTER_NAME_BYTES).map_err(state_err)?;
+            let n = usize::from(r.u8().map_err(state_err)?);
+            if n > MAX_SENDER_KEYS_PER_SENDER {
+                return Err(GroupError::Malformed("receiver state: too many chains"));
+            }
+            let mut chains = Vec::with_capacity(n);
+            for _ in 0..n {
+                let key_id = r.u32().map_err(state_err)?;
+                let epoch = r.u64().map_err(state_err)?;
+                let signing = VerifyingKey::from_bytes(&r.array().map_err(state_err)?)
+                    .map_err(|_| GroupError::BadSigningKey)?;
+                let iteration = r.u32().map_err(state_err)?;
+                let ck = Zeroizing::new(r.array::<32>().map_err(state_err)?);
+                let gap_allowance = r.u32().map_err(state_err)?.min(MAX_GAP_ALLOWANCE);
+                let count = r.u32().map_err(state_err)? as usize;
+                if count > MAX_SKIPPED_KEYS_PER_CHAIN {
+                    return Err(GroupError::Malformed(
+                        "receiver state: too many skipped keys",
+                    ));
+                }
+                let mut skipped = BTreeMap::new();
+                for _ in 0..count {
+                    let it = r.u32().map_err(state_err)?;
+                    let seed = MessageSeed::from_parts(r.array().map_err(state_err)?, it);
+                    let stored_unix_ms = r.u64().map_err(state_err)?;
+                    skipped.insert(
+                        it,
+                        Skipped {
+                            seed,
+                            stored_unix_ms,
+                        },
+                    );
+                }
+                store.skipped_total += skipped.len();
+                chains.push(ReceiverChain {
+                    key_id,
+                    epoch,
+                    signing,
+                    chain: ChainKey::new(*ck, iteration),
+                    skipped,
+                    gap_allowance,
+                });
+            }
+            store.chains.insert(sender, chains);
+        }
+        r.finish().map_err(state_err)?;
+        if store.skipped_total > MAX_SKIPPED_KEYS_TOTAL {
+            return Err(GroupError::Malformed(
+                "receiver state: too many skipped keys",
+            ));
+        }
+        Ok(store)
     }
 }

@@ -14,13 +14,23 @@
 use rand_core::CryptoRng;
 
 use super::GroupError;
-use super::distribution::Distribution;
+use super::distribution::{Distribution, KeyRequest, Welcome};
 use super::sender_key::{
     DistributionOutcome, GroupMessageHeader, OpenedMessage, ReceiverStore, SenderKey,
 };
 use super::setup::{Parallelism, PeerChannel, pairwise_channels};
 use crate::crypto::identity::{IdentityKeyPair, PublicIdentity};
-use crate::membership::{Commit, GroupState, MembershipError, Operation};
+use zeroize::Zeroizing;
+
+use crate::membership::{Commit, GroupState, MembershipError, Operation, Reader};
+
+/// Version byte of [`GroupSession::to_state_bytes`].
+pub const SESSION_STATE_VERSION: u8 = 1;
+
+const FROZEN: &str = "a membership commit failed verification";
+const REMOVED: &str = "removed from the group";
+const DISSOLVED: &str = "the group was dissolved";
+const CLOSED_REASONS: [&str; 3] = [FROZEN, REMOVED, DISSOLVED];
 
 /// Key id of a member's first sender key in a group.
 pub const FIRST_KEY_ID: u32 = 1;
@@ -151,6 +161,44 @@ impl GroupSession {
         GroupSession::new(me, state, rng)
     }
 
+    /// Builds the session of a newcomer from the commit log it fetched and
+    /// the admin's welcome (opened from the pairwise envelope of `admin`):
+    /// the log must verify from genesis, and at the welcome's epoch its
+    /// roster hash must be the welcome's and its admin must be `admin`.
+    ///
+    /// # Errors
+    /// Log verification errors; [`GroupError::Malformed`] if the welcome does
+    /// not match the log; [`GroupError::NotMember`].
+    pub fn from_welcome(
+        me: &str,
+        admin: &str,
+        welcome: &Welcome,
+        log: &[Commit],
+        rng: &mut impl CryptoRng,
+    ) -> Result<GroupSession, GroupError> {
+        let (genesis, rest) = log
+            .split_first()
+            .ok_or(GroupError::Malformed("empty commit log"))?;
+        let mut state = GroupState::from_genesis(genesis)?;
+        let mut matched = false;
+        for c in std::iter::once(None).chain(rest.iter().map(Some)) {
+            if let Some(c) = c {
+                state = state.apply(c)?;
+            }
+            if state.epoch() == welcome.epoch {
+                matched = state.group_id() == &welcome.group_id
+                    && state.roster_hash() == welcome.roster_hash
+                    && state.admin() == admin;
+            }
+        }
+        if !matched {
+            return Err(GroupError::Malformed(
+                "welcome does not match the commit log",
+            ));
+        }
+        GroupSession::new(me, state, rng)
+    }
+
     /// My name.
     pub fn me(&self) -> &str {
         &self.me
@@ -208,7 +256,7 @@ impl GroupSession {
                 // fork or a forgery and freezes the group.
                 let replay = matches!(e, MembershipError::EpochMismatch { got, .. } if got <= self.state.epoch());
                 if !replay {
-                    self.closed = Some("a membership commit failed verification");
+                    self.closed = Some(FROZEN);
                 }
                 return Err(e.into());
             }
@@ -227,9 +275,9 @@ impl GroupSession {
             self.my_key = SenderKey::generate(*next.group_id(), key_id, rng);
         }
         if fx.removed_me {
-            self.closed = Some("removed from the group");
+            self.closed = Some(REMOVED);
         } else if fx.dissolved {
-            self.closed = Some("the group was dissolved");
+            self.closed = Some(DISSOLVED);
         }
         self.state = next;
         Ok(fx)
@@ -246,6 +294,51 @@ impl GroupSession {
             return Err(GroupError::NotMember(member.to_owned()));
         }
         Ok(self.my_key.distribution_for(member, self.state.epoch()))
+    }
+
+    /// The welcome the admin sends a newcomer right after the add commit.
+    ///
+    /// # Errors
+    /// [`GroupError::NotMember`] if I am not the admin or `newcomer` is not a
+    /// member; [`GroupError::Unusable`].
+    pub fn welcome_for(&self, newcomer: &str) -> Result<Welcome, GroupError> {
+        self.usable()?;
+        if self.state.admin() != self.me || !self.state.is_member(newcomer) {
+            return Err(GroupError::NotMember(newcomer.to_owned()));
+        }
+        Ok(Welcome {
+            group_id: *self.state.group_id(),
+            epoch: self.state.epoch(),
+            roster_hash: self.state.roster_hash(),
+        })
+    }
+
+    /// Answers `requester`'s key request (opened from its pairwise
+    /// envelope): my distribution for it if it asks for my current key id
+    /// (exactly what I first gave it), `None` for an older key id, which is
+    /// gone.
+    ///
+    /// # Errors
+    /// [`GroupError::NotMember`] for a requester outside the roster (or
+    /// myself); [`GroupError::WrongGroup`]; [`GroupError::Unusable`].
+    pub fn handle_key_request(
+        &mut self,
+        requester: &str,
+        req: &KeyRequest,
+    ) -> Result<Option<Distribution>, GroupError> {
+        self.usable()?;
+        if &req.group_id != self.state.group_id() {
+            return Err(GroupError::WrongGroup);
+        }
+        if !self.state.is_member(requester) || requester == self.me {
+            return Err(GroupError::NotMember(requester.to_owned()));
+        }
+        if req.key_id != self.my_key.key_id() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.my_key.distribution_for(requester, self.state.epoch()),
+        ))
     }
 
     /// Installs `sender`'s distribution (opened from its pairwise envelope).
@@ -328,5 +421,79 @@ impl GroupSession {
                 Ok((ch, sealed))
             })
             .collect())
+    }
+
+    /// Encodes the whole session for the client's encrypted state file
+    /// (zeroized on drop): `u8 version ‖ str me ‖ u8 closed (0 open, 1
+    /// frozen, 2 removed, 3 dissolved) ‖ u32 len ‖ roster state ‖ u32 len ‖
+    /// my sender key ‖ u32 len ‖ receiver store`.
+    pub fn to_state_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let state = self.state.to_state_bytes();
+        let key = self.my_key.to_state_bytes();
+        let recv = self.receivers.to_state_bytes();
+        let mut out = Zeroizing::new(Vec::with_capacity(
+            16 + self.me.len() + state.len() + key.len() + recv.len(),
+        ));
+        out.push(SESSION_STATE_VERSION);
+        out.extend_from_slice(
+            &u16::try_from(self.me.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(self.me.as_bytes());
+        let closed = self
+            .closed
+            .and_then(|why| CLOSED_REASONS.iter().position(|r| *r == why))
+            .map_or(0, |i| i + 1);
+        out.push(u8::try_from(closed).unwrap_or(1));
+        for part in [&state[..], &key[..], &recv[..]] {
+            out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Decodes [`GroupSession::to_state_bytes`].
+    ///
+    /// **Trusted input only** (the roster is not re-verified): bytes this
+    /// client wrote into its own authenticated, encrypted state file.
+    ///
+    /// # Errors
+    /// [`GroupError::Malformed`] and the errors of the parts' decoders.
+    pub fn from_state_bytes(bytes: &[u8]) -> Result<GroupSession, GroupError> {
+        let bad = |_| GroupError::Malformed("session state");
+        let mut r = Reader::new(bytes);
+        if r.u8().map_err(bad)? != SESSION_STATE_VERSION {
+            return Err(GroupError::Malformed("session state version"));
+        }
+        let me = r
+            .string(crate::limits::MAX_ROSTER_NAME_BYTES)
+            .map_err(bad)?;
+        let closed = match r.u8().map_err(bad)? {
+            0 => None,
+            i => Some(
+                *CLOSED_REASONS
+                    .get(usize::from(i) - 1)
+                    .ok_or(GroupError::Malformed("session state closed"))?,
+            ),
+        };
+        let mut part = || -> Result<&[u8], GroupError> {
+            let len = r.u32().map_err(bad)? as usize;
+            r.bytes(len).map_err(bad)
+        };
+        let state = GroupState::from_trusted_state_bytes(part()?)?;
+        let my_key = SenderKey::from_state_bytes(part()?)?;
+        let receivers = ReceiverStore::from_state_bytes(part()?)?;
+        r.finish().map_err(bad)?;
+        if my_key.group_id() != state.group_id() || receivers.group_id() != state.group_id() {
+            return Err(GroupError::WrongGroup);
+        }
+        Ok(GroupSession {
+            me,
+            state,
+            my_key,
+            receivers,
+            closed,
+        })
     }
 }
