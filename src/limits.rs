@@ -165,3 +165,27 @@ pub const MAILBOX_MEM_SEGMENT_RECORDS: usize = 1024;
 // ---------------------------------------------------------------------------
 // Client (src/client)
 // ---------------------------------------------------------------------------
+
+/// Largest state file the client reads (bytes). The state holds keys, a
+/// bounded inbox and a bounded pending store; a bigger file is corrupt or
+/// hostile and is refused rather than read into memory.
+pub const CLIENT_STATE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most decrypted messages and notices kept in the local inbox before
+/// `recv` prints them. Beyond it the oldest go, and the count of dropped
+/// entries is reported by the next `recv` (never a silent loss).
+pub const CLIENT_INBOX_MAX_ENTRIES: usize = 10_000;
+
+/// Most group messages kept while waiting for their sender key. Beyond it
+/// the oldest is reported as undecryptable.
+pub const CLIENT_PENDING_MAX_MESSAGES: usize = 1_000;
+
+/// How long a message may wait for its sender key before the client shows
+/// "undecryptable message from X" (Unix ms). A key request round trip to an
+/// online member takes well under a second; an offline one may take days,
+/// so the message is reported, not silently held forever.
+pub const CLIENT_PENDING_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// Message ids remembered for duplicate suppression (at-least-once
+/// delivery re-sends after a reconnect; several sessions of one user).
+pub const CLIENT_SEEN_IDS_MAX: usize = 10_000;
