@@ -779,3 +779,15 @@ fn protocol_part4_worked_example() {
         crc32c_reference(&bytes[40..66])
     );
 }
+
+#[test]
+fn the_trait_is_object_safe() {
+    let mut stores: Vec<Box<dyn Store>> = vec![
+        Box::new(MemStore::new()),
+        Box::new(hermes::mailbox::FaultStore::new()),
+    ];
+    for s in &mut stores {
+        let id = s.append(1, 2, b"dyn").unwrap();
+        assert_eq!(s.get(id).unwrap().payload, b"dyn");
+    }
+}

@@ -125,6 +125,9 @@ impl Segment {
 /// Open file descriptors: one, the data directory's lock; segment files are
 /// closed as soon as they are mapped.
 pub struct MmapStore {
+    /// First field, so it drops first: the final flush runs while every
+    /// segment is still mapped.
+    sync: Option<SyncThread>,
     dir: PathBuf,
     config: MmapConfig,
     max_payload: usize,
@@ -135,7 +138,7 @@ pub struct MmapStore {
     next_id: u64,
     next_segment: u64,
     report: RecoveryReport,
-    sync: Option<SyncThread>,
+    /// Held (and locked) until the store is dropped.
     _lock: File,
 }
 
