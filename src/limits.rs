@@ -125,6 +125,40 @@ pub const MAX_LIST_ITEMS: usize = 8192;
 // Relay core and mailbox (src/relay/core, src/mailbox)
 // ---------------------------------------------------------------------------
 
+/// Default time to live of queued entries: 30 days (DESIGN.md, "Retention").
+/// Commits and the newest distribution per (sender, recipient, group) are
+/// kept past it.
+pub const RELAY_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Default per-member queue cap: entries that count against it (everything
+/// but commits and distributions). Over it, the oldest go and the member
+/// gets a gap notice.
+pub const RELAY_QUEUE_CAP: usize = 10_000;
+
+/// Default sender quota: messages a user may have stored and not yet
+/// delivered to (and acked by) every recipient. A send over it is refused
+/// with `QuotaExceeded`, the only way besides a full store that a send fails.
+pub const RELAY_SENDER_QUOTA: usize = 100_000;
+
+/// How long the relay remembers a `(sender, message id)` so that a re-sent
+/// message gets the same receipt and is not stored twice: 24 hours.
+pub const RELAY_DEDUPE_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Default relay-wide registrations per minute (also the burst). A load
+/// test lifts it with a relay flag.
+pub const RELAY_REGISTRATIONS_PER_MINUTE: u32 = 60;
+
+/// Default idle timeout: a connection that sent no frame (not even a ping)
+/// for this long is closed.
+pub const RELAY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// How often the core expires entries, prunes the dedupe window and
+/// compacts the store.
+pub const RELAY_MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Records copied forward per maintenance pass (bounds the work per pass).
+pub const RELAY_COPY_FORWARD_BATCH: usize = 1024;
+
 // --- Mailbox (src/mailbox) -------------------------------------------------
 
 /// Largest record payload any store accepts: a maximal 1 MiB frame plus the

@@ -1,1 +1,19 @@
 //! The relay: a pure protocol core and the mio event loop that feeds it.
+//!
+//! ```text
+//!   event loop (mio) ──handle_*──► RelayCore ──append/get/release──► Store
+//!        ▲                            │
+//!        └────poll_transmit/close─────┘
+//! ```
+//!
+//! [`core::RelayCore`] holds accounts, groups and queues; it is
+//! deterministic (time and randomness come in as arguments) and is tested
+//! without sockets.
+
+pub mod core;
+mod queue;
+mod records;
+
+pub use self::core::{
+    CloseReason, ConnId, CoreError, CoreStats, RelayConfig, RelayCore, ReplayReport,
+};

@@ -1,0 +1,581 @@
+//! State changes shared by live requests and replay: each `install_*`
+//! applies one stored record; replay calls them in lsn order, so a restart
+//! rebuilds exactly the accounts, rosters and queues the records describe.
+
+use super::*;
+
+impl<S: Store, R: CryptoRng> RelayCore<S, R> {
+    pub(super) fn replay(&mut self, unix_ms: u64) -> Result<ReplayReport, CoreError> {
+        let mut report = ReplayReport::default();
+        let mut list: Vec<(u64, RecordId)> = Vec::new();
+        let mut unreadable = 0u64;
+        self.store.replay(&mut |r| match records::lsn(r.payload) {
+            Some(l) => list.push((l, r.id)),
+            None => unreadable += 1,
+        });
+        report.skipped = unreadable;
+        list.sort_unstable();
+        let mut buf = Vec::new();
+        for (idx, &(lsn, id)) in list.iter().enumerate() {
+            if list.get(idx + 1).is_some_and(|next| next.0 == lsn) {
+                // An older copy of a record that was copied forward.
+                self.store.release(id);
+                report.duplicates += 1;
+                continue;
+            }
+            buf.clear();
+            let (kind, at) = {
+                let rec = self.store.get(id)?;
+                buf.extend_from_slice(rec.payload);
+                (rec.kind, rec.unix_ms)
+            };
+            if self.replay_one(kind, id, lsn, at, &buf) {
+                report.records += 1;
+            } else {
+                tracing::warn!("replay: skipped record {id:?} (kind {kind}, lsn {lsn})");
+                report.skipped += 1;
+            }
+            self.next_lsn = self.next_lsn.max(lsn.saturating_add(1));
+        }
+        self.expire(unix_ms);
+        self.prune_dedupe(unix_ms);
+        report.accounts = self.users.len();
+        report.groups = self.groups.len();
+        report.live_messages = self.msgs.iter().filter(|(_, m)| !m.permanent).count();
+        Ok(report)
+    }
+
+    fn replay_one(
+        &mut self,
+        kind: u8,
+        id: RecordId,
+        lsn: u64,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> bool {
+        match kind {
+            records::KIND_ACCOUNT => {
+                let Ok((name, identity)) = records::parse_account(payload) else {
+                    return false;
+                };
+                let Ok(pi) = PublicIdentity::decode(identity) else {
+                    return false;
+                };
+                if self.by_name.contains_key(name) {
+                    return false;
+                }
+                self.install_account(id, name, identity, pi.signing_key);
+                true
+            }
+            records::KIND_COMMIT => self.replay_commit(id, lsn, unix_ms, payload).is_some(),
+            records::KIND_GROUP_MESSAGE => {
+                let Some(body) = payload.get(usize::from(records::GROUP_BODY_OFFSET)..) else {
+                    return false;
+                };
+                let Some((sender, g, b)) = self.resolve_body(body) else {
+                    return false;
+                };
+                self.install_group_message(id, lsn, unix_ms, sender, g);
+                self.dedupe_insert(
+                    sender,
+                    b.message_id,
+                    Receipt {
+                        record: id,
+                        lsn,
+                        unix_ms,
+                    },
+                );
+                true
+            }
+            records::KIND_DIRECT => {
+                let (Ok(to), Some(body)) = (
+                    records::direct_recipient(payload),
+                    payload.get(usize::from(records::DIRECT_BODY_OFFSET)..),
+                ) else {
+                    return false;
+                };
+                let Some((sender, g, b)) = self.resolve_body(body) else {
+                    return false;
+                };
+                if to as usize >= self.users.len() || !b.kind.is_direct() {
+                    return false;
+                }
+                self.install_direct(id, lsn, unix_ms, sender, to, g, b.kind);
+                self.dedupe_insert(
+                    sender,
+                    b.message_id,
+                    Receipt {
+                        record: id,
+                        lsn,
+                        unix_ms,
+                    },
+                );
+                true
+            }
+            records::KIND_ACK => {
+                let Ok((user, up_to)) = records::parse_ack(payload) else {
+                    return false;
+                };
+                if self
+                    .users
+                    .get(user as usize)
+                    .is_none_or(|u| up_to <= u.acked)
+                {
+                    return false;
+                }
+                self.apply_ack(id, user, up_to);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sender and group of a stored entry body.
+    fn resolve_body<'b>(&self, body: &'b [u8]) -> Option<(u32, u32, EntryBody<'b>)> {
+        let b = records::parse_body(body).ok()?;
+        let sender = *self.by_name.get(b.sender)?;
+        let g = *self.by_group_id.get(&b.group_id)?;
+        Some((sender, g, b))
+    }
+
+    fn replay_commit(
+        &mut self,
+        id: RecordId,
+        lsn: u64,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Option<()> {
+        let body =
+            records::parse_body(payload.get(usize::from(records::COMMIT_BODY_OFFSET)..)?).ok()?;
+        let commit = Commit::decode(body.ciphertext).ok()?;
+        let signer = *self.by_name.get(commit.signer.as_str())?;
+        if matches!(commit.op, Operation::Genesis { .. }) {
+            if self.by_group_id.contains_key(&commit.group_id) {
+                return None;
+            }
+            let state = GroupState::from_genesis(&commit).ok()?;
+            self.install_commit(id, lsn, unix_ms, signer, None, state, None);
+        } else {
+            let g = *self.by_group_id.get(&commit.group_id)?;
+            let state = self.groups.get(g as usize)?.state.apply(&commit).ok()?;
+            let removed = requests::removed_member_of(&commit);
+            self.install_commit(id, lsn, unix_ms, signer, Some(g), state, removed.as_deref());
+        }
+        Some(())
+    }
+
+    pub(super) fn install_account(
+        &mut self,
+        record: RecordId,
+        name: &str,
+        identity: &[u8],
+        signing_key: [u8; 32],
+    ) -> u32 {
+        let id = u32::try_from(self.users.len()).unwrap_or(NO_USER);
+        self.users.push(User {
+            name: name.into(),
+            identity: identity.into(),
+            signing_key,
+            record,
+            queue: Queue::default(),
+            acked: 0,
+            ack_record: None,
+            sessions: Vec::new(),
+            groups: Vec::new(),
+            quota_used: 0,
+        });
+        self.by_name.insert(name.into(), id);
+        self.owners.insert(record, Owner::Account(id));
+        id
+    }
+
+    fn new_msg(&mut self, m: Msg) -> u32 {
+        let record = m.record;
+        let idx = u32::try_from(self.msgs.insert(m)).unwrap_or(u32::MAX);
+        self.owners.insert(record, Owner::Msg(idx));
+        self.stats.messages_accepted += 1;
+        idx
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one stored commit")]
+    pub(super) fn install_commit(
+        &mut self,
+        record: RecordId,
+        lsn: u64,
+        unix_ms: u64,
+        signer: u32,
+        group: Option<u32>,
+        state: GroupState,
+        removed: Option<&str>,
+    ) {
+        let g = match group {
+            Some(g) => g,
+            None => {
+                let g = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+                self.by_group_id.insert(*state.group_id(), g);
+                self.groups.push(Group {
+                    state: state.clone(),
+                    members: Vec::new(),
+                    commits: Vec::new(),
+                });
+                g
+            }
+        };
+        let m = self.new_msg(Msg {
+            record,
+            lsn,
+            refs: 0,
+            kind: EntryKind::Commit,
+            sender: signer,
+            recipient: NO_USER,
+            group: g,
+            unix_ms,
+            body_off: records::COMMIT_BODY_OFFSET,
+            permanent: true,
+        });
+        let new_members: Vec<u32> = state
+            .members()
+            .filter_map(|(n, _)| self.by_name.get(n).copied())
+            .collect();
+        let old_members = self
+            .groups
+            .get(g as usize)
+            .map(|grp| grp.members.clone())
+            .unwrap_or_default();
+        for &u in &old_members {
+            if !new_members.contains(&u)
+                && let Some(user) = self.users.get_mut(u as usize)
+            {
+                user.groups.retain(|&x| x != g);
+            }
+        }
+        for &u in &new_members {
+            if !old_members.contains(&u)
+                && let Some(user) = self.users.get_mut(u as usize)
+            {
+                user.groups.push(g);
+            }
+        }
+        let removed_uid = removed
+            .and_then(|n| self.by_name.get(n).copied())
+            .filter(|u| !new_members.contains(u));
+        if let Some(grp) = self.groups.get_mut(g as usize) {
+            grp.state = state;
+            grp.members.clone_from(&new_members);
+            grp.commits.push(m);
+        }
+        for u in new_members.into_iter().chain(removed_uid) {
+            self.enqueue(u, lsn, m, false);
+        }
+    }
+
+    pub(super) fn install_group_message(
+        &mut self,
+        record: RecordId,
+        lsn: u64,
+        unix_ms: u64,
+        sender: u32,
+        g: u32,
+    ) {
+        let m = self.new_msg(Msg {
+            record,
+            lsn,
+            refs: 0,
+            kind: EntryKind::GroupMessage,
+            sender,
+            recipient: NO_USER,
+            group: g,
+            unix_ms,
+            body_off: records::GROUP_BODY_OFFSET,
+            permanent: false,
+        });
+        if let Some(u) = self.users.get_mut(sender as usize) {
+            u.quota_used += 1;
+        }
+        let n = self
+            .groups
+            .get(g as usize)
+            .map_or(0, |grp| grp.members.len());
+        for i in 0..n {
+            let Some(&u) = self
+                .groups
+                .get(g as usize)
+                .and_then(|grp| grp.members.get(i))
+            else {
+                break;
+            };
+            if u != sender {
+                self.enqueue(u, lsn, m, true);
+            }
+        }
+        self.release_if_unreferenced(m);
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one stored direct message")]
+    pub(super) fn install_direct(
+        &mut self,
+        record: RecordId,
+        lsn: u64,
+        unix_ms: u64,
+        sender: u32,
+        to: u32,
+        g: u32,
+        kind: EntryKind,
+    ) {
+        let m = self.new_msg(Msg {
+            record,
+            lsn,
+            refs: 0,
+            kind,
+            sender,
+            recipient: to,
+            group: g,
+            unix_ms,
+            body_off: records::DIRECT_BODY_OFFSET,
+            permanent: false,
+        });
+        if let Some(u) = self.users.get_mut(sender as usize) {
+            u.quota_used += 1;
+        }
+        let is_distribution = kind == EntryKind::Distribution;
+        if is_distribution {
+            self.newest_dist.insert((sender, to, g), lsn);
+        }
+        self.enqueue(to, lsn, m, !is_distribution);
+        self.release_if_unreferenced(m);
+    }
+
+    /// The highest sequence number any session of `u` was sent (or its ack).
+    fn pushed_max(&self, u: &User) -> u64 {
+        u.sessions
+            .iter()
+            .filter_map(|s| self.conns.get(s))
+            .map(|c| c.pushed)
+            .fold(u.acked, u64::max)
+    }
+
+    fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
+        let Some(user) = self.users.get_mut(uid as usize) else {
+            return;
+        };
+        user.queue.push(seq, m, capped);
+        if let Some(msg) = self.msgs.get_mut(m as usize) {
+            msg.refs += 1;
+        }
+        let over = capped && user.queue.capped() > self.config.queue_cap;
+        if over && let Some(user) = self.users.get(uid as usize) {
+            let pushed = self.pushed_max(user);
+            let msgs = &self.msgs;
+            let evicted = self.users.get_mut(uid as usize).and_then(|user| {
+                user.queue.evict_oldest(pushed, |mm| {
+                    msgs.get(mm as usize)
+                        .map_or((0, 0), |x| (x.group, x.sender))
+                })
+            });
+            if let Some(ev) = evicted {
+                self.stats.dropped_over_cap += 1;
+                self.unref(ev);
+            }
+        }
+        self.mark_sessions_ready(uid);
+    }
+
+    fn mark_sessions_ready(&mut self, uid: u32) {
+        let Some(user) = self.users.get(uid as usize) else {
+            return;
+        };
+        for s in &user.sessions {
+            if let Some(c) = self.conns.get_mut(s)
+                && !c.reported
+            {
+                c.reported = true;
+                self.ready.push(*s);
+            }
+        }
+    }
+
+    fn unref(&mut self, m: u32) {
+        let Some(msg) = self.msgs.get_mut(m as usize) else {
+            return;
+        };
+        msg.refs = msg.refs.saturating_sub(1);
+        self.release_if_unreferenced(m);
+    }
+
+    fn release_if_unreferenced(&mut self, m: u32) {
+        if self
+            .msgs
+            .get(m as usize)
+            .is_none_or(|msg| msg.refs > 0 || msg.permanent)
+        {
+            return;
+        }
+        let msg = self.msgs.remove(m as usize);
+        self.store.release(msg.record);
+        self.owners.remove(&msg.record);
+        if let Some(u) = self.users.get_mut(msg.sender as usize) {
+            u.quota_used = u.quota_used.saturating_sub(1);
+        }
+        if msg.kind == EntryKind::Distribution {
+            let key = (msg.sender, msg.recipient, msg.group);
+            if self.newest_dist.get(&key) == Some(&msg.lsn) {
+                self.newest_dist.remove(&key);
+            }
+        }
+    }
+
+    pub(super) fn apply_ack(&mut self, record: RecordId, uid: u32, up_to: u64) {
+        let mut released = std::mem::take(&mut self.scratch_msgs);
+        released.clear();
+        let Some(user) = self.users.get_mut(uid as usize) else {
+            return;
+        };
+        user.acked = up_to;
+        let prev = user.ack_record.replace(record);
+        user.queue.ack(up_to, |m| released.push(m));
+        for s in &user.sessions {
+            if let Some(c) = self.conns.get_mut(s) {
+                c.pushed = c.pushed.max(up_to);
+            }
+        }
+        self.owners.insert(record, Owner::Ack(uid));
+        if let Some(p) = prev {
+            self.store.release(p);
+            self.owners.remove(&p);
+        }
+        for &m in &released {
+            self.unref(m);
+        }
+        self.scratch_msgs = released;
+    }
+
+    /// Drops every entry older than the time to live, except commits and
+    /// the newest distribution per (sender, recipient, group), leaving gap
+    /// notices in their place.
+    pub(super) fn expire(&mut self, unix_ms: u64) {
+        let cutoff = unix_ms.saturating_sub(self.config.ttl_ms);
+        let mut dropped = std::mem::take(&mut self.scratch_msgs);
+        for uid in 0..self.users.len() {
+            dropped.clear();
+            let Some(user) = self.users.get(uid) else {
+                break;
+            };
+            let pushed = self.pushed_max(user);
+            let msgs = &self.msgs;
+            let newest = &self.newest_dist;
+            if let Some(user) = self.users.get_mut(uid) {
+                user.queue.drop_while(
+                    pushed,
+                    |m| {
+                        let Some(msg) = msgs.get(m as usize) else {
+                            return Verdict::Keep;
+                        };
+                        if msg.unix_ms >= cutoff {
+                            Verdict::Stop
+                        } else if msg.permanent
+                            || (msg.kind == EntryKind::Distribution
+                                && newest.get(&(msg.sender, msg.recipient, msg.group))
+                                    == Some(&msg.lsn))
+                        {
+                            Verdict::Keep
+                        } else {
+                            Verdict::Drop {
+                                group: msg.group,
+                                sender: msg.sender,
+                            }
+                        }
+                    },
+                    |m| dropped.push(m),
+                );
+            }
+            if !dropped.is_empty() {
+                self.stats.dropped_expired += dropped.len() as u64;
+                for &m in &dropped {
+                    self.unref(m);
+                }
+                self.mark_sessions_ready(u32::try_from(uid).unwrap_or(NO_USER));
+            }
+        }
+        self.scratch_msgs = dropped;
+    }
+
+    pub(super) fn dedupe_insert(&mut self, user: u32, message_id: MessageId, r: Receipt) {
+        self.dedupe.insert((user, message_id), r);
+        self.dedupe_order.push_back((r.unix_ms, user, message_id));
+    }
+
+    pub(super) fn prune_dedupe(&mut self, unix_ms: u64) {
+        let window = self.config.dedupe_window_ms;
+        while let Some(&(at, user, mid)) = self.dedupe_order.front() {
+            if at.saturating_add(window) >= unix_ms {
+                break;
+            }
+            self.dedupe_order.pop_front();
+            if self
+                .dedupe
+                .get(&(user, mid))
+                .is_some_and(|r| r.unix_ms == at)
+            {
+                self.dedupe.remove(&(user, mid));
+            }
+        }
+    }
+
+    /// Copies the live records of the oldest segment to the head of the log
+    /// (new ids, same payloads) and releases the originals, so one record
+    /// that must live long (an account, a commit, an un-acked message for a
+    /// member who never logs in) does not pin its whole segment. Only runs
+    /// while less than half of the stored records are live: when most of
+    /// the log is live, copying it gains no space.
+    pub(super) fn copy_forward(&mut self) {
+        let stats = self.store.stats();
+        if stats.live_records.saturating_mul(2) >= stats.records {
+            return;
+        }
+        let ids = self.store.pinning_oldest(self.config.copy_forward_batch);
+        let mut buf = std::mem::take(&mut self.scratch);
+        for id in ids {
+            let Some(owner) = self.owners.get(&id).copied() else {
+                self.store.release(id);
+                continue;
+            };
+            buf.clear();
+            let (kind, at) = match self.store.get(id) {
+                Ok(r) => {
+                    buf.extend_from_slice(r.payload);
+                    (r.kind, r.unix_ms)
+                }
+                Err(_) => continue,
+            };
+            let new = match self.store.append(kind, at, &buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("copy-forward stopped: {e}");
+                    break;
+                }
+            };
+            match owner {
+                Owner::Account(u) => {
+                    if let Some(user) = self.users.get_mut(u as usize) {
+                        user.record = new;
+                    }
+                }
+                Owner::Msg(m) => {
+                    if let Some(msg) = self.msgs.get_mut(m as usize) {
+                        msg.record = new;
+                    }
+                }
+                Owner::Ack(u) => {
+                    if let Some(user) = self.users.get_mut(u as usize) {
+                        user.ack_record = Some(new);
+                    }
+                }
+            }
+            self.owners.remove(&id);
+            self.owners.insert(new, owner);
+            self.store.release(id);
+            self.stats.copied_forward += 1;
+        }
+        self.scratch = buf;
+    }
+}

@@ -1,0 +1,1082 @@
+//! Deterministic simulation of the relay core with many clients and no
+//! sockets (in the manner of quinn-proto's test `Pair`): each scenario
+//! drives `RelayCore` through `handle_*` and reads its output through
+//! `poll_transmit`, exactly as the event loop does.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test harness: a failed step is a failed test"
+)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hermes::crypto::dh::{DhGroup, DhPublicKey};
+use hermes::crypto::identity::{PublicIdentity, SigningKeyPair, certificate_message};
+use hermes::mailbox::{FaultStore, MemStore, Store};
+use hermes::membership::{Commit, GroupState, Operation};
+use hermes::relay::{CloseReason, ConnId, RelayConfig, RelayCore};
+use hermes::wire::{
+    EntryKind, ErrorCode, Frame, GroupId, MessageId, login_message, register_message, split_frame,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+const T0_MS: u64 = 1_800_000_000_000;
+
+/// A store that can be "restarted": everything released is live again and
+/// whatever was durable survives.
+trait Restart: Store + Sized {
+    fn reopen(self) -> Self;
+}
+
+impl Restart for MemStore {
+    fn reopen(mut self) -> Self {
+        self.restart();
+        self
+    }
+}
+
+impl Restart for FaultStore {
+    fn reopen(mut self) -> Self {
+        self.sync();
+        self.simulate_power_loss();
+        self
+    }
+}
+
+/// One decoded frame the relay sent, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Hello {
+        challenge: [u8; 32],
+        relay_key: [u8; 32],
+    },
+    Authenticated {
+        name: String,
+        acked: u64,
+    },
+    Deliver {
+        seq: u64,
+        sender: String,
+        kind: EntryKind,
+        message_id: MessageId,
+        ciphertext: Vec<u8>,
+    },
+    Gap {
+        seq: u64,
+        sender: String,
+        count: u32,
+    },
+    Receipt {
+        message_id: MessageId,
+        seq: u64,
+    },
+    Error(ErrorCode),
+    CommitAccepted {
+        epoch: u64,
+    },
+    Other(Vec<u8>),
+}
+
+fn parse(frame: &[u8]) -> Got {
+    match Frame::decode(frame).expect("relay output decodes") {
+        Frame::Hello(h) => Got::Hello {
+            challenge: h.challenge,
+            relay_key: h.relay_key,
+        },
+        Frame::Authenticated { name, acked } => Got::Authenticated {
+            name: name.into(),
+            acked,
+        },
+        Frame::Deliver(d) => Got::Deliver {
+            seq: d.seq,
+            sender: d.sender.into(),
+            kind: d.kind,
+            message_id: d.message_id,
+            ciphertext: d.ciphertext.to_vec(),
+        },
+        Frame::GapNotice(g) => Got::Gap {
+            seq: g.seq,
+            sender: g.sender.into(),
+            count: g.count,
+        },
+        Frame::StoredReceipt {
+            message_id, seq, ..
+        } => Got::Receipt { message_id, seq },
+        Frame::Error(e) => Got::Error(ErrorCode::from_u16(e.code).expect("known code")),
+        Frame::CommitAccepted { epoch, .. } => Got::CommitAccepted { epoch },
+        _ => Got::Other(frame.to_vec()),
+    }
+}
+
+struct User {
+    name: String,
+    keys: SigningKeyPair,
+    identity: Vec<u8>,
+}
+
+struct Sim<S: Store> {
+    core: RelayCore<S, StdRng>,
+    relay_secret: [u8; 32],
+    config: RelayConfig,
+    now: Instant,
+    unix_ms: u64,
+    next_conn: u64,
+    rng: StdRng,
+    /// Challenge of each connection, from its hello.
+    challenges: HashMap<ConnId, [u8; 32]>,
+}
+
+fn identity(keys: &SigningKeyPair, seed: u8) -> Vec<u8> {
+    let mut dh = vec![0u8; DhGroup::Ffdhe2048.modulus_len()];
+    dh[0] = 0x40;
+    dh[1] = seed;
+    let dh_public = DhPublicKey::from_bytes(DhGroup::Ffdhe2048, &dh).unwrap();
+    let certificate = keys.sign(&certificate_message(&dh_public));
+    PublicIdentity {
+        signing_key: keys.public_key(),
+        dh_public,
+        certificate,
+    }
+    .encode()
+}
+
+impl<S: Restart> Sim<S> {
+    fn new(store: S, config: RelayConfig) -> Self {
+        let now = Instant::now();
+        let relay_secret = [42u8; 32];
+        let (core, _) = RelayCore::open(
+            store,
+            StdRng::seed_from_u64(1),
+            SigningKeyPair::from_secret_bytes(&relay_secret),
+            config.clone(),
+            now,
+            T0_MS,
+        )
+        .unwrap();
+        Self {
+            core,
+            relay_secret,
+            config,
+            now,
+            unix_ms: T0_MS,
+            next_conn: 1,
+            rng: StdRng::seed_from_u64(7),
+            challenges: HashMap::new(),
+        }
+    }
+
+    /// Stops the relay and starts a new core on the same store.
+    fn restart(self) -> (Self, hermes::relay::ReplayReport) {
+        let store = self.core.into_store().reopen();
+        let (core, report) = RelayCore::open(
+            store,
+            StdRng::seed_from_u64(2),
+            SigningKeyPair::from_secret_bytes(&self.relay_secret),
+            self.config.clone(),
+            self.now,
+            self.unix_ms,
+        )
+        .unwrap();
+        (
+            Self {
+                core,
+                challenges: HashMap::new(),
+                ..self
+            },
+            report,
+        )
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.unix_ms += u64::try_from(d.as_millis()).unwrap();
+        self.core.handle_timeout(self.now, self.unix_ms);
+    }
+
+    fn connect(&mut self) -> ConnId {
+        let c = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.core.handle_connect(c, self.now);
+        let got = self.recv(c);
+        let Some(Got::Hello {
+            challenge,
+            relay_key,
+        }) = got.first().cloned()
+        else {
+            panic!("no hello: {got:?}");
+        };
+        assert_eq!(relay_key, self.core.relay_key());
+        self.challenges.insert(c, challenge);
+        c
+    }
+
+    fn send(&mut self, c: ConnId, f: &Frame<'_>) {
+        let bytes = f.to_vec();
+        let used = self.core.handle_bytes(c, &bytes, self.now, self.unix_ms);
+        assert_eq!(used, bytes.len());
+    }
+
+    /// Everything the relay has for `c`, drained in small slices.
+    fn recv(&mut self, c: ConnId) -> Vec<Got> {
+        let mut out = Vec::new();
+        while self.core.poll_transmit(c, &mut out, 4096) > 0 {}
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while let Some((f, n)) = split_frame(rest, 1 << 20).unwrap() {
+            frames.push(parse(f));
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty(), "partial frame left");
+        frames
+    }
+
+    fn new_user(&mut self, name: &str) -> User {
+        let mut seed = [0u8; 32];
+        rand::Rng::fill_bytes(&mut self.rng, &mut seed);
+        let keys = SigningKeyPair::from_secret_bytes(&seed);
+        let identity = identity(&keys, seed[0]);
+        User {
+            name: name.into(),
+            keys,
+            identity,
+        }
+    }
+
+    fn register(&mut self, u: &User) -> (ConnId, Vec<Got>) {
+        let c = self.connect();
+        let proof = u.keys.sign(&register_message(
+            &self.challenges[&c],
+            &self.core.relay_key(),
+            &u.name,
+        ));
+        self.send(
+            c,
+            &Frame::Register {
+                name: &u.name,
+                identity: &u.identity,
+                proof,
+            },
+        );
+        let got = self.recv(c);
+        (c, got)
+    }
+
+    fn login(&mut self, u: &User) -> (ConnId, Vec<Got>) {
+        let c = self.connect();
+        let signature = u.keys.sign(&login_message(
+            &self.challenges[&c],
+            &self.core.relay_key(),
+            &u.name,
+        ));
+        self.send(
+            c,
+            &Frame::Login {
+                name: &u.name,
+                signature,
+            },
+        );
+        let got = self.recv(c);
+        (c, got)
+    }
+
+    fn user(&mut self, name: &str) -> (User, ConnId) {
+        let u = self.new_user(name);
+        let (c, got) = self.register(&u);
+        assert_eq!(
+            got,
+            vec![Got::Authenticated {
+                name: name.into(),
+                acked: 0
+            }]
+        );
+        (u, c)
+    }
+
+    fn create_group(
+        &mut self,
+        admin: &User,
+        c: ConnId,
+        members: &[&User],
+        gid: GroupId,
+    ) -> GroupState {
+        let roster = members
+            .iter()
+            .map(|m| (m.name.clone(), m.keys.public_key()))
+            .collect();
+        let genesis = Commit::genesis(gid, "g".into(), admin.name.clone(), roster, |m| {
+            admin.keys.sign(m)
+        })
+        .unwrap();
+        self.send(
+            c,
+            &Frame::CreateGroup {
+                genesis: &genesis.encode(),
+            },
+        );
+        let state = GroupState::from_genesis(&genesis).unwrap();
+        let got = self.recv(c);
+        assert!(got.contains(&Got::CommitAccepted { epoch: 0 }), "{got:?}");
+        state
+    }
+
+    fn group_send(
+        &mut self,
+        c: ConnId,
+        gid: GroupId,
+        epoch: u64,
+        mid: u8,
+        text: &[u8],
+    ) -> Vec<Got> {
+        self.send(
+            c,
+            &Frame::GroupSend {
+                group_id: gid,
+                epoch,
+                message_id: [mid; 16],
+                ciphertext: text,
+            },
+        );
+        self.recv(c)
+    }
+
+    fn closes(&mut self) -> Vec<(ConnId, CloseReason)> {
+        std::iter::from_fn(|| self.core.poll_close()).collect()
+    }
+}
+
+fn delivered(got: &[Got]) -> Vec<(u64, Vec<u8>)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Deliver {
+                seq,
+                kind:
+                    EntryKind::GroupMessage
+                    | EntryKind::Distribution
+                    | EntryKind::KeyRequest
+                    | EntryKind::Welcome,
+                ciphertext,
+                ..
+            } => Some((*seq, ciphertext.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn texts(got: &[Got]) -> Vec<Vec<u8>> {
+    delivered(got).into_iter().map(|(_, t)| t).collect()
+}
+
+fn last_seq(got: &[Got]) -> u64 {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Deliver { seq, .. } | Got::Gap { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn mem() -> MemStore {
+    MemStore::new()
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios, generic over the store.
+// ---------------------------------------------------------------------------
+
+fn register_login_wrong_signature_replayed_login<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, _) = sim.user("alice");
+    // Name taken.
+    let imposter = sim.new_user("alice");
+    let (c, got) = sim.register(&imposter);
+    assert_eq!(got, vec![Got::Error(ErrorCode::NameTaken)]);
+    assert!(
+        sim.closes()
+            .contains(&(c, CloseReason::AuthFailed(ErrorCode::NameTaken)))
+    );
+    // Good login.
+    let (c1, got) = sim.login(&alice);
+    assert_eq!(
+        got,
+        vec![Got::Authenticated {
+            name: "alice".into(),
+            acked: 0
+        }]
+    );
+    // A second login on the same connection is refused.
+    sim.send(
+        c1,
+        &Frame::Login {
+            name: "alice",
+            signature: [0; 64],
+        },
+    );
+    assert_eq!(
+        sim.recv(c1),
+        vec![Got::Error(ErrorCode::AlreadyAuthenticated)]
+    );
+    // Wrong key.
+    let c2 = sim.connect();
+    let sig = imposter.keys.sign(&login_message(
+        &sim.challenges[&c2],
+        &sim.core.relay_key(),
+        "alice",
+    ));
+    sim.send(
+        c2,
+        &Frame::Login {
+            name: "alice",
+            signature: sig,
+        },
+    );
+    assert_eq!(sim.recv(c2), vec![Got::Error(ErrorCode::BadSignature)]);
+    assert!(
+        sim.closes()
+            .contains(&(c2, CloseReason::AuthFailed(ErrorCode::BadSignature)))
+    );
+    // Replayed login: a valid signature over c1's challenge, sent on c3.
+    let replay = alice.keys.sign(&login_message(
+        &sim.challenges[&c1],
+        &sim.core.relay_key(),
+        "alice",
+    ));
+    let c3 = sim.connect();
+    sim.send(
+        c3,
+        &Frame::Login {
+            name: "alice",
+            signature: replay,
+        },
+    );
+    assert_eq!(sim.recv(c3), vec![Got::Error(ErrorCode::BadSignature)]);
+    // A registration proof is not a login signature (labels differ).
+    let c4 = sim.connect();
+    let proof = alice.keys.sign(&register_message(
+        &sim.challenges[&c4],
+        &sim.core.relay_key(),
+        "alice",
+    ));
+    sim.send(
+        c4,
+        &Frame::Login {
+            name: "alice",
+            signature: proof,
+        },
+    );
+    assert_eq!(sim.recv(c4), vec![Got::Error(ErrorCode::BadSignature)]);
+    // Unknown user, bad name, requests before login.
+    let c5 = sim.connect();
+    sim.send(c5, &Frame::ListGroups);
+    assert_eq!(sim.recv(c5), vec![Got::Error(ErrorCode::NotAuthenticated)]);
+    sim.send(
+        c5,
+        &Frame::Login {
+            name: "nobody",
+            signature: [0; 64],
+        },
+    );
+    assert_eq!(sim.recv(c5), vec![Got::Error(ErrorCode::UnknownUser)]);
+    let bad = sim.new_user("a\u{7}b");
+    let (_, got) = sim.register(&bad);
+    assert_eq!(got, vec![Got::Error(ErrorCode::BadName)]);
+    // Registration with a proof by another key.
+    let mallory = sim.new_user("mallory");
+    let c6 = sim.connect();
+    let proof = alice.keys.sign(&register_message(
+        &sim.challenges[&c6],
+        &sim.core.relay_key(),
+        "mallory",
+    ));
+    sim.send(
+        c6,
+        &Frame::Register {
+            name: "mallory",
+            identity: &mallory.identity,
+            proof,
+        },
+    );
+    assert_eq!(sim.recv(c6), vec![Got::Error(ErrorCode::BadSignature)]);
+    // NFC: a decomposed name logs into the precomposed account.
+    let (zoe, _) = sim.user("zo\u{00eb}");
+    let c7 = sim.connect();
+    let sig = zoe.keys.sign(&login_message(
+        &sim.challenges[&c7],
+        &sim.core.relay_key(),
+        "zo\u{00eb}",
+    ));
+    sim.send(
+        c7,
+        &Frame::Login {
+            name: "zoe\u{0308}",
+            signature: sig,
+        },
+    );
+    assert_eq!(
+        sim.recv(c7),
+        vec![Got::Authenticated {
+            name: "zo\u{00eb}".into(),
+            acked: 0
+        }]
+    );
+}
+
+fn group_fanout_online_and_offline_in_order<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let (carol, cc) = sim.user("carol");
+    sim.core.handle_disconnect(cc); // carol is offline
+    let gid = [1; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob, &carol], gid);
+    let got = sim.recv(cb);
+    assert!(
+        matches!(
+            got.as_slice(),
+            [Got::Deliver {
+                kind: EntryKind::Commit,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    for i in 0..5u8 {
+        let r = sim.group_send(ca, gid, 0, i, &[b'm', i]);
+        assert!(matches!(r.as_slice(), [Got::Receipt { .. }]), "{r:?}");
+    }
+    // Bob is online: pushed at once, in order; the sender gets no copy.
+    let mut ready = Vec::new();
+    sim.core.poll_ready_conns(&mut ready);
+    assert!(ready.contains(&cb));
+    let got = sim.recv(cb);
+    assert_eq!(
+        texts(&got),
+        (0..5u8).map(|i| vec![b'm', i]).collect::<Vec<_>>()
+    );
+    assert!(texts(&sim.recv(ca)).is_empty());
+    // Carol logs in later and gets the commit then the five, in order.
+    let (cc2, got) = sim.login(&carol);
+    assert!(matches!(got[0], Got::Authenticated { .. }));
+    assert!(matches!(
+        got[1],
+        Got::Deliver {
+            kind: EntryKind::Commit,
+            ..
+        }
+    ));
+    assert_eq!(
+        texts(&got),
+        (0..5u8).map(|i| vec![b'm', i]).collect::<Vec<_>>()
+    );
+    let seqs: Vec<u64> = delivered(&got).iter().map(|d| d.0).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let _ = cc2;
+}
+
+fn cumulative_ack_and_no_redelivery<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [2; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    for i in 0..4u8 {
+        sim.group_send(ca, gid, 0, i, &[i]);
+    }
+    let got = sim.recv(cb);
+    let d = delivered(&got);
+    assert_eq!(d.len(), 4);
+    // Ack the first two (and the commit before them).
+    sim.send(cb, &Frame::Ack { up_to: d[1].0 });
+    assert!(sim.recv(cb).is_empty());
+    sim.core.handle_disconnect(cb);
+    let (_, got) = sim.login(&bob);
+    assert_eq!(
+        got[0],
+        Got::Authenticated {
+            name: "bob".into(),
+            acked: d[1].0
+        }
+    );
+    assert_eq!(texts(&got), vec![vec![2u8], vec![3u8]]);
+    // An ack beyond anything assigned is refused.
+    let (cb3, _) = sim.login(&bob);
+    sim.send(cb3, &Frame::Ack { up_to: u64::MAX });
+    assert_eq!(sim.recv(cb3), vec![Got::Error(ErrorCode::AckOutOfRange)]);
+    // Acking everything: nothing more, even after a restart.
+    sim.send(cb3, &Frame::Ack { up_to: d[3].0 });
+    let (mut sim, _) = sim.restart();
+    let (_, got) = sim.login(&bob);
+    assert_eq!(
+        got,
+        vec![Got::Authenticated {
+            name: "bob".into(),
+            acked: d[3].0
+        }]
+    );
+}
+
+fn idempotent_resend<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [3; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    let r1 = sim.group_send(ca, gid, 0, 9, b"once");
+    let r2 = sim.group_send(ca, gid, 0, 9, b"once");
+    assert_eq!(r1, r2, "same receipt");
+    assert_eq!(texts(&sim.recv(cb)), vec![b"once".to_vec()]);
+    // Still idempotent after a restart (the record is replayed).
+    let (mut sim, _) = sim.restart();
+    let (ca, _) = sim.login(&alice);
+    assert_eq!(sim.group_send(ca, gid, 0, 9, b"once"), r1);
+    let (_, got) = sim.login(&bob);
+    assert_eq!(texts(&got), vec![b"once".to_vec()]);
+    // Outside the window it is a new message.
+    sim.advance(
+        Duration::from_millis(hermes::limits::RELAY_DEDUPE_WINDOW_MS + 1)
+            + sim.config.maintenance_interval,
+    );
+    let r3 = sim.group_send(ca, gid, 0, 9, b"once");
+    assert_ne!(r3, r1);
+}
+
+fn stale_epoch_and_commit_rules<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let (carol, cc) = sim.user("carol");
+    let gid = [4; 16];
+    let s0 = sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    // Bob (not admin) tries to add carol: refused.
+    let bad = Commit::sign(
+        gid,
+        1,
+        Operation::Add {
+            name: "carol".into(),
+            identity_key: carol.keys.public_key(),
+            public_identity: carol.identity.clone(),
+        },
+        [0; 32],
+        "bob".into(),
+        |m| bob.keys.sign(m),
+    );
+    sim.recv(cb);
+    sim.send(
+        cb,
+        &Frame::Commit {
+            commit: &bad.encode(),
+        },
+    );
+    assert_eq!(sim.recv(cb), vec![Got::Error(ErrorCode::NotAuthorized)]);
+    // The admin adds carol: epoch 1; the same commit again is a conflict.
+    let add = s0
+        .propose(
+            Operation::Add {
+                name: "carol".into(),
+                identity_key: carol.keys.public_key(),
+                public_identity: carol.identity.clone(),
+            },
+            "alice",
+            |m| alice.keys.sign(m),
+        )
+        .unwrap();
+    sim.send(
+        ca,
+        &Frame::Commit {
+            commit: &add.encode(),
+        },
+    );
+    assert!(sim.recv(ca).contains(&Got::CommitAccepted { epoch: 1 }));
+    sim.send(
+        ca,
+        &Frame::Commit {
+            commit: &add.encode(),
+        },
+    );
+    assert!(sim.recv(ca).contains(&Got::Error(ErrorCode::EpochConflict)));
+    // Carol got the add commit (she is a member now).
+    let got = sim.recv(cc);
+    assert!(got.iter().any(|g| matches!(
+        g,
+        Got::Deliver {
+            kind: EntryKind::Commit,
+            ..
+        }
+    )));
+    // Bob sends under epoch 0: stale.
+    let r = sim.group_send(cb, gid, 0, 1, b"old");
+    assert!(r.contains(&Got::Error(ErrorCode::StaleEpoch)), "{r:?}");
+    let r = sim.group_send(cb, gid, 1, 1, b"new");
+    assert!(matches!(r.last(), Some(Got::Receipt { .. })), "{r:?}");
+    // Commits are fetchable from any epoch.
+    sim.send(
+        cb,
+        &Frame::FetchCommits {
+            group_id: gid,
+            from_epoch: 0,
+        },
+    );
+    let got = sim.recv(cb);
+    let Some(Got::Other(bytes)) = got.last() else {
+        panic!("{got:?}")
+    };
+    let Frame::Commits { commits, more, .. } = Frame::decode(&bytes[..]).unwrap() else {
+        panic!()
+    };
+    assert!(!more);
+    assert_eq!(commits.len(), 2);
+    assert_eq!(Commit::decode(commits[1]).unwrap(), add);
+    // Remove bob: he gets the commit, then can no longer send.
+    let s1 = s0.apply(&add).unwrap();
+    let rm = s1
+        .propose(
+            Operation::Remove {
+                name: "bob".into(),
+                identity_key: bob.keys.public_key(),
+            },
+            "alice",
+            |m| alice.keys.sign(m),
+        )
+        .unwrap();
+    sim.send(
+        ca,
+        &Frame::Commit {
+            commit: &rm.encode(),
+        },
+    );
+    let got = sim.recv(cb);
+    assert!(
+        got.iter().any(|g| matches!(
+            g,
+            Got::Deliver {
+                kind: EntryKind::Commit,
+                ..
+            }
+        )),
+        "{got:?}"
+    );
+    let r = sim.group_send(cb, gid, 2, 2, b"x");
+    assert!(r.contains(&Got::Error(ErrorCode::NotMember)), "{r:?}");
+}
+
+fn direct_send_rules<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let (_eve, ce) = sim.user("eve");
+    let gid = [5; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.recv(cb);
+    let dm = |to: &'static str, mid: u8| Frame::DirectSend {
+        recipient: to,
+        group_id: gid,
+        kind: EntryKind::Distribution,
+        message_id: [mid; 16],
+        ciphertext: b"key",
+    };
+    // Eve shares no group with bob.
+    sim.send(ce, &dm("bob", 1));
+    assert_eq!(sim.recv(ce), vec![Got::Error(ErrorCode::NoSharedGroup)]);
+    sim.send(ca, &dm("eve", 2));
+    assert_eq!(sim.recv(ca), vec![Got::Error(ErrorCode::NoSharedGroup)]);
+    sim.send(ca, &dm("nobody", 3));
+    assert_eq!(sim.recv(ca), vec![Got::Error(ErrorCode::UnknownUser)]);
+    sim.send(ca, &dm("bob", 4));
+    assert!(matches!(sim.recv(ca).as_slice(), [Got::Receipt { .. }]));
+    let got = sim.recv(cb);
+    assert!(
+        matches!(got.as_slice(), [Got::Deliver { kind: EntryKind::Distribution, sender, .. }] if sender == "alice"),
+        "{got:?}"
+    );
+    assert!(sim.recv(ce).is_empty());
+}
+
+fn cap_and_gap_notice<S: Restart>(store: S) {
+    let config = RelayConfig {
+        queue_cap: 3,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(store, config);
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [6; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.core.handle_disconnect(cb);
+    // A distribution first: exempt from the cap.
+    sim.send(
+        ca,
+        &Frame::DirectSend {
+            recipient: "bob",
+            group_id: gid,
+            kind: EntryKind::Distribution,
+            message_id: [99; 16],
+            ciphertext: b"dist",
+        },
+    );
+    for i in 0..5u8 {
+        let r = sim.group_send(ca, gid, 0, i, &[i]);
+        assert!(
+            r.iter().all(|g| matches!(g, Got::Receipt { .. })),
+            "a send never fails for the recipient's cap: {r:?}"
+        );
+    }
+    let (_, got) = sim.login(&bob);
+    // Commit, distribution, one gap for 2 dropped, then the newest 3.
+    assert!(
+        matches!(
+            got[1],
+            Got::Deliver {
+                kind: EntryKind::Commit,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert!(
+        matches!(
+            &got[2],
+            Got::Deliver {
+                kind: EntryKind::Distribution,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[3], Got::Gap { sender, count: 2, .. } if sender == "alice"),
+        "{got:?}"
+    );
+    assert_eq!(texts(&got[4..]), vec![vec![2u8], vec![3], vec![4]]);
+    // The gap notice survives a restart until acked.
+    let (mut sim, _) = sim.restart();
+    let (cb, got) = sim.login(&bob);
+    assert!(
+        got.iter().any(|g| matches!(g, Got::Gap { count: 2, .. })),
+        "{got:?}"
+    );
+    sim.send(
+        cb,
+        &Frame::Ack {
+            up_to: last_seq(&got),
+        },
+    );
+    let (_, got) = sim.login(&bob);
+    assert_eq!(got.len(), 1);
+}
+
+fn ttl_expiry<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [7; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.core.handle_disconnect(cb);
+    let dist = |mid: u8| Frame::DirectSend {
+        recipient: "bob",
+        group_id: gid,
+        kind: EntryKind::Distribution,
+        message_id: [mid; 16],
+        ciphertext: &[],
+    };
+    sim.send(ca, &dist(50));
+    sim.send(ca, &dist(51)); // the newest distribution: kept past the TTL
+    for i in 0..3u8 {
+        sim.group_send(ca, gid, 0, i, &[i]);
+    }
+    sim.advance(Duration::from_millis(20 * DAY_MS));
+    // Alice's connection was closed as idle meanwhile.
+    assert!(sim.closes().contains(&(ca, CloseReason::Idle)));
+    let (ca, _) = sim.login(&alice);
+    let r = sim.group_send(ca, gid, 0, 10, b"fresh");
+    assert!(matches!(r.as_slice(), [Got::Receipt { .. }]), "{r:?}");
+    sim.advance(Duration::from_millis(11 * DAY_MS));
+    let (_, got) = sim.login(&bob);
+    let kinds: Vec<_> = got
+        .iter()
+        .map(|g| match g {
+            Got::Deliver {
+                kind, message_id, ..
+            } => format!("{kind:?}{}", message_id[0]),
+            Got::Gap { count, .. } => format!("gap{count}"),
+            _ => "auth".into(),
+        })
+        .collect();
+    // The commit and the newest distribution stay; the older distribution
+    // and the three messages become one gap of 4; the fresh one stays.
+    assert_eq!(
+        kinds,
+        vec![
+            "auth",
+            "Commit0",
+            "gap4",
+            "Distribution51",
+            "GroupMessage10"
+        ],
+        "{got:?}"
+    );
+}
+
+fn restart_delivers_unacked_and_nothing_acked<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(sim.user(&format!("user{i}")));
+    }
+    let gid = [8; 16];
+    let mut members: Vec<&User> = others.iter().map(|(u, _)| u).collect();
+    members.push(&alice);
+    sim.create_group(&alice, ca, &members, gid);
+    for i in 0..10u8 {
+        sim.group_send(ca, gid, 0, i, &[i]);
+    }
+    // Even members ack everything up to message 5, odd ones nothing.
+    let mut cut = HashMap::new();
+    for (n, (u, c)) in others.iter().enumerate() {
+        let got = sim.recv(*c);
+        let d = delivered(&got);
+        assert_eq!(d.len(), 10);
+        if n % 2 == 0 {
+            sim.send(*c, &Frame::Ack { up_to: d[5].0 });
+            cut.insert(u.name.clone(), 6usize);
+        } else {
+            cut.insert(u.name.clone(), 0usize);
+        }
+    }
+    let (mut sim, report) = sim.restart();
+    assert_eq!(report.accounts, 21);
+    assert_eq!(report.groups, 1);
+    for (u, _) in &others {
+        let (_, got) = sim.login(u);
+        let want: Vec<Vec<u8>> = (u8::try_from(cut[&u.name]).unwrap()..10).map(|i| vec![i]).collect();
+        assert_eq!(texts(&got), want, "{}", u.name);
+    }
+}
+
+fn several_sessions_get_everything<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb1) = sim.user("bob");
+    let (cb2, _) = sim.login(&bob);
+    let gid = [9; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.group_send(ca, gid, 0, 1, b"hi");
+    let g1 = sim.recv(cb1);
+    let g2 = sim.recv(cb2);
+    assert_eq!(texts(&g1), vec![b"hi".to_vec()]);
+    assert_eq!(g1, g2);
+    // An ack on one session is the user's position.
+    sim.send(
+        cb2,
+        &Frame::Ack {
+            up_to: last_seq(&g2),
+        },
+    );
+    let (_, got) = sim.login(&bob);
+    assert_eq!(
+        got,
+        vec![Got::Authenticated {
+            name: "bob".into(),
+            acked: last_seq(&g2)
+        }]
+    );
+}
+
+fn quota_and_full_store(store: FaultStore) {
+    let config = RelayConfig {
+        sender_quota: 2,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(store, config);
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [10; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.group_send(ca, gid, 0, 1, b"1");
+    sim.group_send(ca, gid, 0, 2, b"2");
+    assert_eq!(
+        sim.group_send(ca, gid, 0, 3, b"3"),
+        vec![Got::Error(ErrorCode::QuotaExceeded)]
+    );
+    // Bob acks: the quota frees.
+    let got = sim.recv(cb);
+    sim.send(
+        cb,
+        &Frame::Ack {
+            up_to: last_seq(&got),
+        },
+    );
+    assert!(matches!(
+        sim.group_send(ca, gid, 0, 3, b"3").as_slice(),
+        [Got::Receipt { .. }]
+    ));
+    sim.core.store_mut().set_full(true);
+    assert_eq!(
+        sim.group_send(ca, gid, 0, 4, b"4"),
+        vec![Got::Error(ErrorCode::StoreFull)]
+    );
+    sim.core.store_mut().set_full(false);
+    assert!(matches!(
+        sim.group_send(ca, gid, 0, 4, b"4").as_slice(),
+        [Got::Receipt { .. }]
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Against the in-memory store.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mem_register_login_wrong_signature_replayed_login() {
+    register_login_wrong_signature_replayed_login(mem());
+}
+#[test]
+fn mem_group_fanout_online_and_offline_in_order() {
+    group_fanout_online_and_offline_in_order(mem());
+}
+#[test]
+fn mem_cumulative_ack_and_no_redelivery() {
+    cumulative_ack_and_no_redelivery(mem());
+}
+#[test]
+fn mem_idempotent_resend() {
+    idempotent_resend(mem());
+}
+#[test]
+fn mem_stale_epoch_and_commit_rules() {
+    stale_epoch_and_commit_rules(mem());
+}
+#[test]
+fn mem_direct_send_rules() {
+    direct_send_rules(mem());
+}
+#[test]
+fn mem_cap_and_gap_notice() {
+    cap_and_gap_notice(mem());
+}
+#[test]
+fn mem_ttl_expiry() {
+    ttl_expiry(mem());
+}
+#[test]
+fn mem_restart_delivers_unacked_and_nothing_acked() {
+    restart_delivers_unacked_and_nothing_acked(mem());
+}
+#[test]
+fn mem_several_sessions_get_everything() {
+    several_sessions_get_everything(mem());
+}
+#[test]
+fn fault_quota_and_full_store() {
+    quota_and_full_store(FaultStore::new());
+}
+#[test]
+fn small_segments_restart_delivers_unacked_and_nothing_acked() {
+    restart_delivers_unacked_and_nothing_acked(MemStore::with_segment_records(4));
+}
