@@ -954,7 +954,9 @@ fn restart_delivers_unacked_and_nothing_acked<S: Restart>(store: S) {
     assert_eq!(report.groups, 1);
     for (u, _) in &others {
         let (_, got) = sim.login(u);
-        let want: Vec<Vec<u8>> = (u8::try_from(cut[&u.name]).unwrap()..10).map(|i| vec![i]).collect();
+        let want: Vec<Vec<u8>> = (u8::try_from(cut[&u.name]).unwrap()..10)
+            .map(|i| vec![i])
+            .collect();
         assert_eq!(texts(&got), want, "{}", u.name);
     }
 }
