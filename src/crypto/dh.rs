@@ -15,14 +15,25 @@
 //! # Constant time
 //!
 //! Every exponentiation with a secret exponent goes through
-//! `crypto_bigint::modular::FixedMontyForm::pow_bounded_exp` (see
-//! [`DEFAULT_BACKEND`]): a fixed-window (4-bit) Montgomery exponentiation in
-//! which the sequence of squarings and multiplications depends only on
-//! `exponent_bits`, the table entry is selected by a constant-time scan of
-//! all 16 entries (`ct_assign`), and Montgomery multiplication has no
-//! data-dependent branches or final conditional subtraction that branches.
-//! `exponent_bits` is the public bound (256 or 320 bits), never the secret
-//! exponent's actual bit length. No `*_vartime` function ever sees a secret.
+//! `crypto_bigint::modular::BoxedMontyForm::pow_bounded_exp(exponent,
+//! exponent_bits)` (see [`DEFAULT_BACKEND`]): a fixed-window (4-bit)
+//! exponentiation with almost-Montgomery multiplication in which
+//!
+//! - the sequence of squarings and multiplications depends only on
+//!   `exponent_bits`, which is the public bound (256 bits for `ffdhe2048`,
+//!   320 for `ffdhe3072`), never the secret exponent's actual bit length;
+//! - every window multiplies, even by the table entry for 0 (no skipped
+//!   multiplications);
+//! - the table entry is chosen by a constant-time scan of all 16 entries
+//!   (`ct_assign` with a `ct_eq` mask), so no memory address depends on the
+//!   exponent;
+//! - the multiplications have no data-dependent branches, and the final
+//!   reduction is two masked (constant-time) conditional subtractions.
+//!
+//! No `*_vartime` function ever sees a secret: the only vartime calls here
+//! build the public group parameters. `BoxedMontyForm` was chosen over
+//! `FixedMontyForm` by measurement (README "Performance"); all three
+//! [`MontyBackend`]s are constant time and tested equal.
 
 use std::sync::OnceLock;
 
@@ -198,9 +209,10 @@ pub enum MontyBackend {
     Boxed,
 }
 
-/// The backend [`DhPrivateKey`] uses, chosen by `benches/crypto.rs`
-/// (group `modexp2048`) as the fastest constant-time one on this machine.
-pub const DEFAULT_BACKEND: MontyBackend = MontyBackend::FixedAmm;
+/// The backend [`DhPrivateKey`] uses: `BoxedMontyForm::pow_bounded_exp`,
+/// the fastest of the three in `benches/crypto.rs` (group `modexp2048`,
+/// 256-bit exponent; README "Performance" has the figures).
+pub const DEFAULT_BACKEND: MontyBackend = MontyBackend::Boxed;
 
 /// `base^exponent mod p` in `group`, constant time in `exponent`.
 ///
