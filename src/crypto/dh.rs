@@ -261,27 +261,30 @@ pub fn modexp_ct_in_group(
         exp.zeroize();
         return Err(CryptoError::OutOfRange { what: "exponent" });
     }
+    // `Uint::from_be_slice` requires exactly `Uint::BYTES` bytes: `exp` has
+    // exactly `mod_bits` of precision and `base` was checked to be
+    // `modulus_len` bytes, which are the sizes of U2048 / U3072.
     let out = match (group, backend) {
         (DhGroup::Ffdhe2048, MontyBackend::Fixed) => {
-            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&exp.to_be_bytes());
+            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
             let r = pow_fixed(fixed_params_2048(), base, &e, exponent_bits);
             e.zeroize();
             r
         }
         (DhGroup::Ffdhe3072, MontyBackend::Fixed) => {
-            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&exp.to_be_bytes());
+            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
             let r = pow_fixed(fixed_params_3072(), base, &e, exponent_bits);
             e.zeroize();
             r
         }
         (DhGroup::Ffdhe2048, MontyBackend::FixedAmm) => {
-            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&exp.to_be_bytes());
+            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
             let r = pow_fixed_amm(fixed_params_2048(), base, &e, exponent_bits);
             e.zeroize();
             r
         }
         (DhGroup::Ffdhe3072, MontyBackend::FixedAmm) => {
-            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&exp.to_be_bytes());
+            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
             let r = pow_fixed_amm(fixed_params_3072(), base, &e, exponent_bits);
             e.zeroize();
             r
