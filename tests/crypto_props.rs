@@ -166,3 +166,30 @@ proptest! {
         prop_assert_eq!(open(&other, &sealed).unwrap_err(), CryptoError::MacMismatch);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// No decoder of untrusted bytes panics, whatever the input.
+    #[test]
+    fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        hermes::crypto::fuzz_decoders(&data);
+    }
+}
+
+/// Structured near-misses for the fuzz entry point: valid encodings with
+/// one field broken.
+#[test]
+fn fuzz_decoders_on_near_misses() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let id = IdentityKeyPair::generate(DhGroup::Ffdhe2048, &mut rng)
+        .public()
+        .encode();
+    for cut in [0, 1, 33, 34, 290, id.len() - 1, id.len()] {
+        hermes::crypto::fuzz_decoders(&id[..cut]);
+    }
+    let keys = EnvelopeKeys::from_okm(&[0u8; 48]);
+    let sealed = seal_with_nonce(&keys, b"h", b"p", &[0; 16]);
+    hermes::crypto::fuzz_decoders(&sealed);
+    assert!(open(&keys, &sealed).is_ok());
+}

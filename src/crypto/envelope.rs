@@ -49,13 +49,22 @@ pub const OVERHEAD: usize = 1 + 2 + NONCE_LEN + TAG_LEN + MAC_LEN;
 type Aes128Eax = Eax<Aes128>;
 
 /// A successfully opened envelope: the authenticated header (borrowed from
-/// the input) and the plaintext (zeroized on drop).
-#[derive(Debug)]
+/// the input) and the plaintext (zeroized on drop). `Debug` shows the header
+/// and only the plaintext's length.
 pub struct Opened<'a> {
     /// The authenticated, unencrypted header.
     pub header: &'a [u8],
     /// The decrypted plaintext.
     pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+impl core::fmt::Debug for Opened<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Opened")
+            .field("header", &self.header)
+            .field("plaintext_len", &self.plaintext.len())
+            .finish()
+    }
 }
 
 /// HMAC-SHA256 keyed with `key` (32 bytes, zero-padded to the 64-byte
@@ -115,7 +124,24 @@ pub fn seal_with_nonce(
     }
 }
 
-/// Appends the envelope of `plaintext` to `out` (no allocation when `out`
+/// Appends the envelope of `plaintext` to `out` with a fresh random nonce
+/// (the hot-path form of [`seal`]: no allocation when `out` has capacity).
+///
+/// # Errors
+/// As [`seal_into`].
+pub fn seal_append(
+    out: &mut Vec<u8>,
+    keys: &EnvelopeKeys,
+    header: &[u8],
+    plaintext: &[u8],
+    rng: &mut impl CryptoRng,
+) -> Result<(), CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    seal_into(out, keys, header, plaintext, &nonce)
+}
+
+/// Appends the envelope of `plaintext` to `out` with a caller-chosen nonce (no allocation when `out`
 /// has capacity for `OVERHEAD + header.len() + plaintext.len()` more bytes).
 /// On error `out` is left as it was.
 ///
@@ -382,6 +408,18 @@ mod tests {
         let mut other = keys();
         other.enc = SecretKey::from_bytes([5u8; 16]);
         assert_eq!(open(&other, &sealed).unwrap_err(), CryptoError::AeadFailure);
+    }
+
+    #[test]
+    fn debug_hides_plaintext_and_seal_append_appends() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut out = b"prefix".to_vec();
+        seal_append(&mut out, &keys(), b"h", b"secret words", &mut rng).unwrap();
+        assert_eq!(&out[..6], b"prefix");
+        let opened = open(&keys(), &out[6..]).unwrap();
+        let dbg = format!("{opened:?}");
+        assert!(dbg.contains("plaintext_len: 12"), "{dbg}");
+        assert!(!dbg.contains("115"), "{dbg}"); // no b's' byte values
     }
 
     #[test]
