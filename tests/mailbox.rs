@@ -791,3 +791,71 @@ fn the_trait_is_object_safe() {
         assert_eq!(s.get(id).unwrap().payload, b"dyn");
     }
 }
+
+#[test]
+fn compacted_segment_files_are_removed_in_the_background() {
+    for policy in [FsyncPolicy::Never, FsyncPolicy::Batch] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_at(dir.path(), 4096, policy);
+        let ids = append_n(&mut s, 20); // segments 0, 1 and the active 2
+        for &id in &ids[..18] {
+            s.release(id);
+        }
+        if policy != FsyncPolicy::Never {
+            wait_durable(&s, ids[19]);
+        }
+        assert_eq!(s.compact().unwrap().segments_deleted, 2);
+        assert_eq!(s.stats().segments, 1);
+        let mut files = segment_files(dir.path()).len();
+        for _ in 0..10_000 {
+            if files == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            files = segment_files(dir.path()).len();
+        }
+        assert_eq!(files, 1, "{policy:?}");
+        drop(s);
+        let s = open_at(dir.path(), 4096, policy);
+        assert_eq!(replayed(&s), expected(&ids, |i| i >= 18));
+    }
+}
+
+#[test]
+fn a_blank_header_over_data_is_reported_not_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_at(dir.path(), 4096, FsyncPolicy::Never);
+    let ids = append_n(&mut s, 12); // segment 0 full, segment 1 active
+    drop(s);
+    let files = segment_files(dir.path());
+    patch(&files[0], 0, &[0u8; 40]);
+    let s = open_at(dir.path(), 4096, FsyncPolicy::Never);
+    assert_eq!(replayed(&s), expected(&ids, |i| i >= 9));
+    let report = s.recovery_report();
+    assert_eq!(report.skipped_segments.len(), 1, "{report:?}");
+    assert!(files[0].exists(), "left for inspection");
+    assert_eq!(report.empty_segments_removed, 0);
+}
+
+#[test]
+fn a_zeroed_page_before_surviving_bytes_is_reported_as_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_at(dir.path(), 8192, FsyncPolicy::Never);
+    let ids = append_n(&mut s, 8);
+    drop(s);
+    let file = &segment_files(dir.path())[0];
+    // The page holding records 2..=3 is lost; records 4.. reached the disk.
+    let third = HEADER + 2 * record_size(PAYLOAD);
+    patch(file, third, &vec![0u8; 2 * record_size(PAYLOAD) as usize]);
+    let s = open_at(dir.path(), 8192, FsyncPolicy::Never);
+    assert_eq!(replayed(&s), expected(&ids, |i| i < 2));
+    let report = s.recovery_report();
+    assert_eq!(report.torn_tails.len(), 1, "{report:?}");
+    assert_eq!(report.torn_tails[0].offset, third);
+    assert!(report.torn_tails[0].bytes >= 4 * record_size(PAYLOAD) - 8);
+    assert_eq!(
+        std::fs::metadata(file).unwrap().len(),
+        8192,
+        "a torn segment keeps its bytes for inspection"
+    );
+}

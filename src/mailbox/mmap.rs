@@ -119,8 +119,11 @@ impl Segment {
 /// One thread (the relay's event loop) owns it. With [`FsyncPolicy::Always`]
 /// or [`FsyncPolicy::Batch`] a sync thread msyncs behind it and calls
 /// `on_durable` each time the durable mark advances (the loop passes a
-/// closure that wakes its `mio::Waker`). Under [`FsyncPolicy::Never`] there
-/// is no sync thread and [`Store::durable_up_to`] is always `None`.
+/// closure that wakes its `mio::Waker`). Under [`FsyncPolicy::Never`] the
+/// thread never msyncs and [`Store::durable_up_to`] is always `None`. Under
+/// every policy the same thread unmaps and unlinks compacted segments, so
+/// [`Store::compact`] costs the loop microseconds, not the milliseconds an
+/// unlink of a large cached file takes.
 ///
 /// Open file descriptors: one, the data directory's lock; segment files are
 /// closed as soon as they are mapped.
@@ -313,7 +316,7 @@ impl MmapStore {
             }
             Err(e) => return Err(e),
         }
-        if store.config.fsync != FsyncPolicy::Never {
+        {
             let sync = SyncThread::start(
                 store.config.fsync,
                 store.config.batch_interval,
@@ -380,13 +383,30 @@ impl MmapStore {
             return skip(self, "larger than the address space");
         };
         if len < SEGMENT_HEADER_BYTES {
-            return Ok(Recovered::Empty);
+            // Created, then the process died before the header was written.
+            let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+            if bytes.iter().all(|&b| b == 0) {
+                return Ok(Recovered::Empty);
+            }
+            return skip(self, "shorter than a segment header");
         }
         let map = map_file(&file, len, false).map_err(io_err("map", path))?;
         let header = match decode_segment_header(&map) {
             Ok(h) if h.number == number => h,
             Ok(_) => return skip(self, "header names another segment number"),
-            Err(record::HeaderError::Blank) => return Ok(Recovered::Empty),
+            Err(record::HeaderError::Blank) => {
+                // A blank header over blank space is a segment whose creation
+                // never reached the disk; a blank header over data is damage.
+                if map
+                    .get(SEGMENT_HEADER_BYTES..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .all(|&b| b == 0)
+                {
+                    return Ok(Recovered::Empty);
+                }
+                return skip(self, "blank header but data follows");
+            }
             Err(record::HeaderError::Corrupt) => return skip(self, "corrupt segment header"),
             Err(record::HeaderError::Version(version)) => {
                 return Err(StoreError::UnsupportedVersion {
@@ -455,9 +475,16 @@ impl MmapStore {
                     off += d.size;
                 }
                 Scan::End => {
-                    seg.end = off;
-                    seg.live = seg.entries.len();
-                    return ScanEnd::Clean;
+                    // Zeros where a header is due. If anything non-zero
+                    // follows (a page that never reached the disk before
+                    // later ones did), the records after it are beyond any
+                    // completed msync: cut them, but say so.
+                    if is_zero(seg.map.get(off..).unwrap_or(&[])) {
+                        seg.end = off;
+                        seg.live = seg.entries.len();
+                        return ScanEnd::Clean;
+                    }
+                    break;
                 }
                 Scan::Bad { claimed_id, size } => {
                     // Corrupt in the middle if a good record follows;
@@ -581,6 +608,13 @@ impl MmapStore {
     }
 }
 
+/// True if every byte is zero (word at a time: it runs over up to a whole
+/// preallocated segment on open).
+fn is_zero(bytes: &[u8]) -> bool {
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().all(|w| u64::from_ne_bytes(*w) == 0) && rest.iter().all(|&b| b == 0)
+}
+
 /// The record at byte `at` of a segment map.
 fn scan_at(map: &[u8], at: usize) -> Scan<'_> {
     record::scan_record(map.get(at..).unwrap_or(&[]), MAILBOX_MAX_PAYLOAD_BYTES)
@@ -689,6 +723,9 @@ impl Store for MmapStore {
     }
 
     fn durable_up_to(&self) -> Option<RecordId> {
+        if self.config.fsync == FsyncPolicy::Never {
+            return None;
+        }
         let d = self.sync.as_ref()?.shared().durable();
         (d > 0).then_some(RecordId(d))
     }
@@ -732,8 +769,13 @@ impl Store for MmapStore {
                 i += 1;
                 continue;
             }
-            std::fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
+            if self.sync.is_none() {
+                std::fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
+            }
             let seg = self.segments.remove(i);
+            if let Some(sync) = &self.sync {
+                sync.delete(seg.map, seg.path);
+            }
             stats.segments_deleted += 1;
             stats.records_dropped += seg.entries.len() as u64;
             stats.bytes_freed += seg.bytes;

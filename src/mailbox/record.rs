@@ -70,7 +70,8 @@ pub(crate) struct Decoded<'a> {
 pub(crate) enum Scan<'a> {
     /// A record whose checksum and header check out.
     Record(Decoded<'a>),
-    /// An all-zero header (or less room than a header): the end of the data.
+    /// An all-zero header (or less room than a header, all zero): the end
+    /// of the data.
     End,
     /// A header whose length fits in the remaining bytes, but the checksum
     /// or a reserved field is wrong. `size` is what the header claims.
@@ -93,7 +94,12 @@ fn be_u64(b: &[u8], at: usize) -> Option<u64> {
 /// segment), accepting payloads of at most `max_payload` bytes.
 pub(crate) fn scan_record(buf: &[u8], max_payload: usize) -> Scan<'_> {
     let Some(header) = buf.get(..RECORD_HEADER_BYTES) else {
-        return Scan::End;
+        // Too short for a record: the end, unless a write was cut short.
+        return if buf.iter().all(|&b| b == 0) {
+            Scan::End
+        } else {
+            Scan::Garbage
+        };
     };
     if header.iter().all(|&b| b == 0) {
         return Scan::End;
@@ -372,6 +378,7 @@ mod tests {
         let mut buf = vec![0u8; 128];
         assert_eq!(scan_record(&buf, 1024), Scan::End);
         assert_eq!(scan_record(&buf[..10], 1024), Scan::End);
+        assert_eq!(scan_record(&[0, 0, 1], 1024), Scan::Garbage, "a cut header");
         let size = encoded_len(5).unwrap();
         encode_record(&mut buf[..size], 9, 1, 2, b"hello").unwrap();
         buf[26] ^= 0x01; // a payload byte

@@ -1,6 +1,7 @@
 //! The sync thread: msyncs the dirty ranges of the memory map off the event
 //! loop's thread (group commit), then advances the durable mark and wakes
-//! the loop.
+//! the loop. It also unmaps and unlinks compacted segments, which takes
+//! milliseconds for a 64 MiB file with cached pages: too long for the loop.
 //!
 //! The loop thread writes records through its own `MmapMut`; this thread
 //! flushes through a second, shared mapping of the same file (`MmapRaw`,
@@ -16,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use memmap2::MmapRaw;
+use memmap2::{MmapMut, MmapRaw};
 
 use super::FsyncPolicy;
 
@@ -30,6 +31,8 @@ struct DirtyRange {
 #[derive(Default)]
 struct Pending {
     ranges: Vec<DirtyRange>,
+    /// Compacted segments to unmap and unlink.
+    deletions: Vec<(MmapMut, PathBuf)>,
     /// A segment file was created: its directory entry must be synced too.
     dir_sync: bool,
     /// Every record up to this id is covered by `ranges` (or already synced).
@@ -39,7 +42,7 @@ struct Pending {
 
 impl Pending {
     fn has_work(&self) -> bool {
-        !self.ranges.is_empty() || self.dir_sync
+        !self.ranges.is_empty() || self.dir_sync || !self.deletions.is_empty()
     }
 }
 
@@ -148,6 +151,19 @@ impl SyncThread {
     }
 }
 
+impl SyncThread {
+    /// Unmaps and unlinks a compacted segment in the background.
+    pub(crate) fn delete(&self, map: MmapMut, path: PathBuf) {
+        let mut p = self.shared.lock();
+        let was_idle = !p.has_work();
+        p.deletions.push((map, path));
+        drop(p);
+        if was_idle {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
 impl Drop for SyncThread {
     /// Flushes everything still pending, then stops the thread.
     fn drop(&mut self) {
@@ -184,10 +200,19 @@ fn run(
                 .map_or_else(|e| e.into_inner().0, |(p, _)| p);
         }
         let ranges = std::mem::take(&mut p.ranges);
+        let deletions = std::mem::take(&mut p.deletions);
         let dir_sync = std::mem::take(&mut p.dir_sync);
         let last_id = p.last_id;
         drop(p);
 
+        for (map, path) in deletions {
+            drop(map);
+            if let Err(e) = std::fs::remove_file(&path) {
+                // It reappears on the next open; its records are replayed
+                // again and released again. Nothing is lost.
+                tracing::warn!(error = %e, path = %path.display(), "mailbox: cannot remove a compacted segment");
+            }
+        }
         if shared.failed() {
             continue; // keep draining; the mark never moves again
         }
