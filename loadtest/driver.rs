@@ -277,7 +277,10 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), DriverError> {
 /// # Errors
 /// A bad configuration, or polls/threads that cannot be created. Failures of
 /// individual connections are counted in the report, not returned.
-pub(crate) fn run<P: Proto + Send + 'static>(cfg: Config) -> Result<Report, DriverError> {
+pub(crate) fn run<P: Proto + Send + 'static>(
+    cfg: Config,
+    ctx: Arc<P::Ctx>,
+) -> Result<Report, DriverError> {
     validate(&cfg)?;
     let threads = cfg.threads.min(cfg.connections);
     let mut polls = Vec::with_capacity(threads);
@@ -310,7 +313,7 @@ pub(crate) fn run<P: Proto + Send + 'static>(cfg: Config) -> Result<Report, Driv
 
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     for (id, poll) in polls.into_iter().enumerate() {
-        let worker = Worker::<P>::new(id, threads, poll, Arc::clone(&shared))?;
+        let worker = Worker::<P>::new(id, threads, poll, Arc::clone(&shared), Arc::clone(&ctx))?;
         let tx = done_tx.clone();
         std::thread::Builder::new()
             .name(format!("swarm-{id}"))
@@ -483,7 +486,8 @@ struct Conn<P> {
     next_ping_ns: u64,
 }
 
-struct Worker<P> {
+struct Worker<P: Proto> {
+    ctx: Arc<P::Ctx>,
     id: usize,
     threads: usize,
     poll: Poll,
@@ -504,7 +508,13 @@ struct Worker<P> {
 }
 
 impl<P: Proto> Worker<P> {
-    fn new(id: usize, threads: usize, poll: Poll, shared: Arc<Shared>) -> io::Result<Worker<P>> {
+    fn new(
+        id: usize,
+        threads: usize,
+        poll: Poll,
+        shared: Arc<Shared>,
+        ctx: Arc<P::Ctx>,
+    ) -> io::Result<Worker<P>> {
         let n = shared.cfg.connections;
         let mut to_open: Vec<u32> = (0..n)
             .filter(|m| m % threads == id)
@@ -513,6 +523,7 @@ impl<P: Proto> Worker<P> {
         to_open.reverse();
         let payload = vec![0x5a; shared.cfg.payload];
         Ok(Worker {
+            ctx,
             id,
             threads,
             poll,
@@ -696,7 +707,7 @@ impl<P: Proto> Worker<P> {
             group_len,
             stream: Some(stream),
             state: ConnState::Connecting,
-            proto: P::new(&member),
+            proto: P::new(&member, &self.ctx),
             inbuf: Vec::new(),
             out: Vec::new(),
             out_at: 0,
@@ -858,6 +869,7 @@ impl<P: Proto> Worker<P> {
                     }
                 }
                 Event::Pong => self.local.pongs += 1,
+                Event::ServerError(_) => self.local.error(ErrorKind::ServerError),
                 Event::Message(r) => {
                     let Some(st) = buf.get(r).and_then(Stamp::read) else {
                         self.local.error(ErrorKind::Corrupt);
@@ -988,7 +1000,16 @@ impl<P: Proto> Worker<P> {
         let interval = duration_ns(self.shared.cfg.ping_interval);
         let mut touched = Vec::new();
         for (key, c) in self.conns.iter_mut() {
-            if c.state == ConnState::Ready && now_ns >= c.next_ping_ns {
+            if c.state != ConnState::Ready {
+                continue;
+            }
+            let before = c.out.len();
+            c.proto.tick(&mut c.out);
+            if c.out.len() > before && !c.dirty {
+                c.dirty = true;
+                touched.push(key);
+            }
+            if now_ns >= c.next_ping_ns {
                 c.proto.ping(&mut c.out);
                 c.next_ping_ns = now_ns.saturating_add(interval);
                 if !c.dirty {
@@ -1107,7 +1128,7 @@ mod tests {
     #[test]
     fn closed_loop_delivers_everything_exactly_once() {
         let addr = fake::start(Faults::default());
-        let r = run::<Mqtt>(cfg(addr)).unwrap();
+        let r = run::<Mqtt>(cfg(addr), Arc::new(())).unwrap();
         assert_exactly_once(&r);
         assert_eq!((r.connected, r.counts.ready), (40, 40));
         // Groups of 8: every message reaches 7 others, and the broker echoes
@@ -1124,7 +1145,7 @@ mod tests {
         c.senders_per_group = 2;
         c.window = None;
         c.rate = Some(100.0);
-        let r = run::<Mqtt>(c).unwrap();
+        let r = run::<Mqtt>(c, Arc::new(())).unwrap();
         assert_exactly_once(&r);
         // 6 senders: 4 in groups of 8 (7 receivers each), 2 in the group of 5.
         assert!(r.counts.expected <= r.counts.sent * 7);
@@ -1143,7 +1164,7 @@ mod tests {
         c.window = None;
         c.rate = Some(200.0);
         c.drain = Duration::from_millis(500);
-        let r = run::<Mqtt>(c).unwrap();
+        let r = run::<Mqtt>(c, Arc::new(())).unwrap();
         let k = &r.counts;
         assert!(k.duplicates > 0, "{r:?}");
         assert!(r.missing > 0, "{r:?}");
@@ -1160,7 +1181,7 @@ mod tests {
         c.window = None;
         c.ping_interval = Duration::from_millis(100);
         c.duration = Duration::from_millis(600);
-        let r = run::<Mqtt>(c).unwrap();
+        let r = run::<Mqtt>(c, Arc::new(())).unwrap();
         assert_eq!((r.counts.sent, r.counts.delivered), (0, 0));
         assert_eq!(r.connected, 40);
         assert!(r.counts.pongs >= 40, "every connection pinged: {r:?}");
@@ -1179,7 +1200,7 @@ mod tests {
         c.group_size = 5;
         c.senders_per_group = 5;
         c.duration = Duration::from_millis(50);
-        let r = run::<Mqtt>(c).unwrap();
+        let r = run::<Mqtt>(c, Arc::new(())).unwrap();
         assert_eq!(r.counts.failed, 10);
         assert_eq!(r.connected, 0);
         assert_eq!(

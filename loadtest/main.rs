@@ -180,7 +180,8 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
         "rate": cfg.rate,
         "window": cfg.window,
         "idle": cfg.idle,
-        "payload": cfg.payload,
+        "payload": a.payload,
+        "wire_payload": cfg.payload,
         "threads": cfg.threads,
         "connected": r.connected,
         "ready": c.ready,
@@ -238,14 +239,17 @@ fn print_final(v: &serde_json::Value) {
 }
 
 fn run(a: &Args) -> Result<bool, String> {
-    let cfg = config(a)?;
+    let mut cfg = config(a)?;
     match (a.target, a.crypto) {
         (Target::Mqtt | Target::Redis, Crypto::Real) => {
             return Err("--crypto real applies to --target hermes only".into());
         }
-        (Target::Hermes, _) => return hermes::unsupported(a.crypto == Crypto::Real),
+        (Target::Hermes, Crypto::Real) => {
+            return Err(hermes::HermesError::RealCryptoUnsupported.to_string());
+        }
         _ => {}
     }
+    driver::validate(&cfg).map_err(|e| e.to_string())?;
     match sys::raise_nofile_limit() {
         Ok((soft, _)) if soft < cfg.connections as u64 + 64 => eprintln!(
             "hermes-loadtest: warning: open-file limit {soft} is below {} connections",
@@ -255,9 +259,26 @@ fn run(a: &Args) -> Result<bool, String> {
         Err(e) => eprintln!("hermes-loadtest: warning: cannot raise the open-file limit: {e}"),
     }
     let report = match a.target {
-        Target::Mqtt => driver::run::<mqtt::Mqtt>(cfg.clone()),
-        Target::Redis => driver::run::<resp::Redis>(cfg.clone()),
-        Target::Hermes => return hermes::unsupported(a.crypto == Crypto::Real),
+        Target::Mqtt => driver::run::<mqtt::Mqtt>(cfg.clone(), std::sync::Arc::new(())),
+        Target::Redis => driver::run::<resp::Redis>(cfg.clone(), std::sync::Arc::new(())),
+        Target::Hermes => {
+            let setup = hermes::SetupConfig {
+                server: cfg.server,
+                connections: cfg.connections,
+                group_size: cfg.group_size,
+                cache_dir: a
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(hermes::default_cache_dir),
+                timeout: cfg.connect_timeout,
+                threads: cfg.threads.max(4),
+            };
+            let ctx = hermes::setup(&setup).map_err(|e| e.to_string())?;
+            // Opaque ciphertexts as long as real sealed messages of --payload bytes.
+            let name = hermes::member_name(0, cfg.connections);
+            cfg.payload = hermes::sealed_len(a.payload, &name);
+            driver::run::<hermes::Hermes>(cfg.clone(), std::sync::Arc::new(ctx))
+        }
     }
     .map_err(|e| e.to_string())?;
     let v = report_json(a, &cfg, &report);

@@ -204,7 +204,9 @@ pub(crate) struct Mqtt {
 const SUBSCRIBE_ID: u16 = 1;
 
 impl Proto for Mqtt {
-    fn new(member: &Member) -> Mqtt {
+    type Ctx = ();
+
+    fn new(member: &Member, _ctx: &()) -> Mqtt {
         Mqtt {
             client_id: format!("hl{}-{}", member.run_tag, member.index),
             topic: topic(member.group).into_bytes(),
@@ -348,7 +350,7 @@ mod tests {
             group: 1,
             run_tag: 9,
         };
-        let mut c = Mqtt::new(&m);
+        let mut c = Mqtt::new(&m, &());
         let mut out = Vec::new();
         c.start(&mut out);
         let (p, n) = decode_packet(&out).unwrap().unwrap();
@@ -381,17 +383,17 @@ mod tests {
         };
         let mut ev = Vec::new();
         let mut out = Vec::new();
-        let mut c = Mqtt::new(&m);
+        let mut c = Mqtt::new(&m, &());
         assert!(matches!(
             c.on_read(&[0x20, 2, 0, 5], &mut out, &mut ev),
             Err(ProtoError::Refused(_))
         ));
-        let mut c = Mqtt::new(&m);
+        let mut c = Mqtt::new(&m, &());
         assert!(matches!(
             c.on_read(&[0x20, 2, 0, 0, 0x90, 3, 0, 1, 0x80], &mut out, &mut ev),
             Err(ProtoError::Refused(_))
         ));
-        let mut c = Mqtt::new(&m);
+        let mut c = Mqtt::new(&m, &());
         assert!(
             c.on_read(&[0x30, 3, 0, 1, b't'], &mut out, &mut ev)
                 .is_err(),

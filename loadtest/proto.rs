@@ -28,6 +28,9 @@ pub(crate) enum Event {
     Message(Range<usize>),
     /// The answer to a ping.
     Pong,
+    /// The server refused one request but the session goes on (the code
+    /// is the server's).
+    ServerError(u16),
 }
 
 /// The server broke the protocol, or refused something.
@@ -49,8 +52,12 @@ pub(crate) enum ProtoError {
 /// [`Proto::publish`] / [`Proto::ping`] whenever the driver wants to send,
 /// which only after [`Event::Ready`].
 pub(crate) trait Proto: Sized {
+    /// What every connection of this target shares (identities, group ids),
+    /// prepared before the swarm starts.
+    type Ctx: Send + Sync + 'static;
+
     /// State for a connection of `member`.
-    fn new(member: &Member) -> Self;
+    fn new(member: &Member, ctx: &Self::Ctx) -> Self;
 
     /// Appends the bytes that open the session and join the group.
     fn start(&mut self, out: &mut Vec<u8>);
@@ -73,4 +80,7 @@ pub(crate) trait Proto: Sized {
 
     /// Appends a keep-alive ping.
     fn ping(&mut self, out: &mut Vec<u8>);
+
+    /// Called every 100 ms or so: a chance to flush batched output (acks).
+    fn tick(&mut self, _out: &mut Vec<u8>) {}
 }

@@ -187,7 +187,9 @@ pub(crate) struct Redis {
 }
 
 impl Proto for Redis {
-    fn new(member: &Member) -> Redis {
+    type Ctx = ();
+
+    fn new(member: &Member, _ctx: &()) -> Redis {
         Redis {
             channel: channel(member.group).into_bytes(),
             state: State::AwaitHello,
@@ -342,7 +344,7 @@ mod tests {
 
     #[test]
     fn session_hello_subscribe_message_pong() {
-        let mut c = Redis::new(&member());
+        let mut c = Redis::new(&member(), &());
         let mut out = Vec::new();
         c.start(&mut out);
         assert!(out.starts_with(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$9\r\nSUBSCRIBE\r\n"));
@@ -373,7 +375,7 @@ mod tests {
 
     #[test]
     fn resp2_server_refuses_hello() {
-        let mut c = Redis::new(&member());
+        let mut c = Redis::new(&member(), &());
         let mut ev = Vec::new();
         let r = c.on_read(
             b"-ERR unknown command 'HELLO'\r\n",
@@ -385,7 +387,7 @@ mod tests {
 
     #[test]
     fn message_before_subscribe_is_an_error() {
-        let mut c = Redis::new(&member());
+        let mut c = Redis::new(&member(), &());
         let mut ev = Vec::new();
         let r = c.on_read(
             b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n",
