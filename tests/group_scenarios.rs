@@ -878,3 +878,24 @@ fn message_before_its_key_is_opened_after_a_key_request() {
     assert!(w.receive_distribution("alice", "dave", &delayed).is_err());
     assert_eq!(w.s("dave").receivers().current("alice"), Some((1, 4)));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary bytes never panic a decoder and never change a store.
+    #[test]
+    fn fuzz_entry_point_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        prop_assert!(hermes::group::fuzz_group_decoders(&data));
+        prop_assert!(hermes::membership::fuzz_decode_commit(&data));
+    }
+
+    /// A valid message with one byte changed is refused without change.
+    #[test]
+    fn fuzz_entry_point_mutated_message(pos in any::<usize>(), bit in 0u8..8) {
+        let mut sk = SenderKey::from_parts([0x11; 16], 1, [1; 32], 0, &[2; 32]);
+        let mut m = sk.seal(0, "alice", 0, [0; 16], b"fuzz").unwrap();
+        let i = pos % m.len();
+        m[i] ^= 1 << bit;
+        prop_assert!(hermes::group::fuzz_group_decoders(&m));
+    }
+}

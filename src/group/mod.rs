@@ -125,3 +125,35 @@ pub enum GroupError {
     #[error(transparent)]
     Membership(#[from] MembershipError),
 }
+
+/// Fuzz entry point: every decoder of group bytes (network and state file)
+/// on arbitrary input, plus opening it as a group message against a store
+/// holding one chain. None may panic; the store must be unchanged unless
+/// the input opened.
+pub fn fuzz_group_decoders(data: &[u8]) -> bool {
+    let _ = GroupMessageHeader::peek(data);
+    let _ = GroupMessageHeader::decode(data);
+    let _ = Distribution::decode(data);
+    let _ = distribution::DirectHeader::decode(data);
+    let _ = Welcome::decode(data);
+    let _ = KeyRequest::decode(data);
+    let _ = SenderKey::from_state_bytes(data);
+    let _ = ReceiverStore::from_state_bytes(data);
+    let _ = GroupSession::from_state_bytes(data);
+    let _ = crate::membership::GroupState::from_trusted_state_bytes(data);
+    let gid = data
+        .get(4..20)
+        .and_then(|s| <[u8; 16]>::try_from(s).ok())
+        .unwrap_or_default();
+    let mut store = ReceiverStore::new(gid);
+    let key = SenderKey::from_parts(gid, 1, [1; 32], 0, &[2; 32]);
+    let d = Distribution::new(gid, 0, 1, 0, [1; 32], key.signing_public());
+    if store.handle_distribution("alice", &d).is_err() {
+        return false;
+    }
+    let before = store.to_state_bytes();
+    match store.open(data, 0) {
+        Ok(_) => true,
+        Err(_) => store.to_state_bytes() == before,
+    }
+}
