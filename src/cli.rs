@@ -15,7 +15,167 @@ pub struct Cli {
 
 /// The subcommands of the one `hermes` binary.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Make an identity, register it with the relay, create the encrypted state.
+    Register(ClientArgs),
+    /// Create and manage groups.
+    Group {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: GroupCmd,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a message to a group (exits 0 once the relay stored it).
+    Send {
+        /// The group (name, or id if names repeat).
+        #[arg(long, short)]
+        group: String,
+        /// The text (read from stdin if absent).
+        text: Option<String>,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Fetch, verify, decrypt, print and ack what is waiting.
+    Recv {
+        /// Keep listening this many seconds for more.
+        #[arg(long, default_value_t = 0.0)]
+        wait: f64,
+        /// One JSON object per line (group, sender, sent_at, text, id).
+        #[arg(long)]
+        json: bool,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the safety number with USER, to compare out of band.
+    Fingerprint {
+        /// The other user.
+        user: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Accept USER's changed identity (after checking its fingerprint).
+    Trust {
+        /// The other user.
+        user: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Options every client command shares.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The relay.
+    #[arg(long, env = "HERMES_SERVER", default_value = "127.0.0.1:33001")]
+    pub server: String,
+    /// Your user name.
+    #[arg(long, short, env = "HERMES_USER")]
+    pub user: String,
+    /// State directory [default: $XDG_DATA_HOME/hermes or ~/.local/share/hermes].
+    #[arg(long, env = "HERMES_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Read the passphrase from this file's first line (else
+    /// HERMES_PASSPHRASE, else a prompt without echo).
+    #[arg(long)]
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// Test suites only: cheap passphrase hashing (1,000 PBKDF2 rounds).
+    /// A state file made so opens only with this flag again.
+    #[arg(long, env = "HERMES_INSECURE_TEST_KDF", hide = true)]
+    pub insecure_test_kdf: bool,
+}
+
+impl ClientArgs {
+    /// The plain options the client commands take.
+    #[must_use]
+    pub fn to_options(&self) -> crate::client::commands::CommonOptions {
+        use crate::client::commands::{CommonOptions, PassphraseSource, default_state_root};
+        let passphrase = match (&self.passphrase_file, std::env::var("HERMES_PASSPHRASE")) {
+            (Some(f), _) => PassphraseSource::File(f.clone()),
+            (None, Ok(v)) => PassphraseSource::Value(zeroize::Zeroizing::new(v)),
+            (None, Err(_)) => PassphraseSource::Prompt,
+        };
+        CommonOptions {
+            server: self.server.clone(),
+            user: self.user.clone(),
+            state_root: self.state_dir.clone().unwrap_or_else(default_state_root),
+            passphrase,
+            kdf: if self.insecure_test_kdf {
+                crate::client::state::KdfCost::insecure_for_tests(1_000)
+            } else {
+                crate::client::state::KdfCost::standard()
+            },
+        }
+    }
+}
+
+/// `hermes group` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create a group with you as admin.
+    Create {
+        /// Display name.
+        name: String,
+        /// Members besides you, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Add users (admin only).
+    Add {
+        /// The group.
+        group: String,
+        /// Users to add.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members (admin only); everyone else re-keys.
+    Remove {
+        /// The group.
+        group: String,
+        /// Members to remove.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leave a group (an admin leaving dissolves it).
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// Hand the admin role to another member.
+    Admin {
+        /// The group.
+        group: String,
+        /// The new admin.
+        user: String,
+    },
+    /// List your groups.
+    List,
+    /// List a group's members.
+    Members {
+        /// The group.
+        group: String,
+    },
+}
+
+impl From<GroupCmd> for crate::client::commands::GroupCommand {
+    fn from(c: GroupCmd) -> Self {
+        use crate::client::commands::GroupCommand as G;
+        match c {
+            GroupCmd::Create { name, members } => G::Create { name, members },
+            GroupCmd::Add { group, users } => G::Add { group, users },
+            GroupCmd::Remove { group, users } => G::Remove { group, users },
+            GroupCmd::Leave { group } => G::Leave { group },
+            GroupCmd::Admin { group, user } => G::Admin { group, user },
+            GroupCmd::List => G::List,
+            GroupCmd::Members { group } => G::Members { group },
+        }
+    }
+}
 
 /// Runs the parsed command line.
 ///
@@ -27,6 +187,26 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             use clap::CommandFactory;
             Cli::command().print_help()?;
             Ok(())
+        }
+        Some(Command::Register(c)) => crate::client::commands::register(&c.to_options()),
+        Some(Command::Group { cmd, client }) => {
+            crate::client::commands::group(&client.to_options(), cmd.into())
+        }
+        Some(Command::Send {
+            group,
+            text,
+            client,
+        }) => crate::client::commands::send(&client.to_options(), &group, text),
+        Some(Command::Recv { wait, json, client }) => crate::client::commands::recv(
+            &client.to_options(),
+            std::time::Duration::from_secs_f64(wait.clamp(0.0, 1e6)),
+            json,
+        ),
+        Some(Command::Fingerprint { user, client }) => {
+            crate::client::commands::fingerprint(&client.to_options(), &user)
+        }
+        Some(Command::Trust { user, client }) => {
+            crate::client::commands::trust(&client.to_options(), &user)
         }
     }
 }

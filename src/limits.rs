@@ -223,3 +223,23 @@ pub const CLIENT_PENDING_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 /// Message ids remembered for duplicate suppression (at-least-once
 /// delivery re-sends after a reconnect; several sessions of one user).
 pub const CLIENT_SEEN_IDS_MAX: usize = 10_000;
+
+/// How long the client waits for one answer from the relay.
+pub const CLIENT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// First reconnect delay; doubles per failed attempt.
+pub const CLIENT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest reconnect delay.
+pub const CLIENT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connection attempts of a one-shot command before it gives up (chat
+/// retries forever).
+pub const CLIENT_CONNECT_ATTEMPTS: u32 = 3;
+
+/// Peers from which on a key setup shows a progress bar (on a terminal).
+pub const CLIENT_PROGRESS_MIN_PEERS: usize = 20;
+
+/// How long `recv` keeps listening after the last frame before it decides
+/// the backlog is drained (loopback and LAN relays flush far faster).
+pub const CLIENT_RECV_QUIET: std::time::Duration = std::time::Duration::from_millis(300);

@@ -1,4 +1,13 @@
 //! The client: a pure session, encrypted local state, the socket driver and
 //! the terminal chat.
+//!
+//! ```text
+//!  cli ──► net::Client (blocking socket, reconnect) ──► session::Session (pure)
+//!                │                                          │
+//!                └── state::Unlocked::transact ◄────────────┘ ClientState
+//! ```
 
+pub mod commands;
+pub mod net;
+pub mod session;
 pub mod state;

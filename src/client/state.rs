@@ -490,17 +490,18 @@ impl Unlocked {
     ///
     /// # Errors
     /// The state errors, or `f`'s own error (then nothing is saved).
-    pub fn transact<R, E>(
+    /// `f` gets the RNG too (the save uses it afterwards for its nonce).
+    pub fn transact<T, E, G: CryptoRng>(
         &self,
-        rng: &mut impl CryptoRng,
-        f: impl FnOnce(&mut ClientState) -> Result<R, E>,
-    ) -> Result<R, E>
+        rng: &mut G,
+        f: impl FnOnce(&mut ClientState, &mut G) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<StateError>,
     {
         let _lock = self.lock()?;
         let mut state = self.load()?;
-        let out = f(&mut state)?;
+        let out = f(&mut state, rng)?;
         self.write(&state.encode(), rng)?;
         Ok(out)
     }
@@ -1205,7 +1206,7 @@ mod tests {
                     let mut rng = StdRng::seed_from_u64(100 + t);
                     let un = dir.unlock(b"pw", cost).unwrap();
                     for _ in 0..10 {
-                        un.transact(&mut rng, |s| {
+                        un.transact(&mut rng, |s, _| {
                             s.acked += 1;
                             Ok::<_, StateError>(())
                         })
@@ -1220,7 +1221,7 @@ mod tests {
         let un = dir.unlock(b"pw", cost).unwrap();
         assert_eq!(un.load().unwrap().acked, 20);
         // A failed transaction saves nothing.
-        let r: Result<(), StateError> = un.transact(&mut rng, |s| {
+        let r: Result<(), StateError> = un.transact(&mut rng, |s, _| {
             s.acked = 999;
             Err(StateError::WrongPassphrase)
         });
