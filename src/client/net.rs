@@ -384,6 +384,21 @@ impl<R: CryptoRng> Client<R> {
         Ok(())
     }
 
+    fn send_raw_or_reconnect(
+        &mut self,
+        frame: &[u8],
+        retried: &mut bool,
+    ) -> Result<(), ClientError> {
+        match self.send_raw(frame) {
+            Err(ClientError::Io(_)) if !*retried => {
+                *retried = true;
+                self.ensure_connected()?;
+                self.send_raw(frame)
+            }
+            other => other,
+        }
+    }
+
     /// Reads one frame, waiting at most until `deadline`; `None` on
     /// timeout. A broken connection is dropped (and reported).
     fn read_one(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>, ClientError> {
@@ -412,12 +427,24 @@ impl<R: CryptoRng> Client<R> {
         reference: Option<[u8; 16]>,
         is_answer: impl Fn(&Frame<'_>) -> bool,
     ) -> Result<Vec<u8>, ClientError> {
+        let mut retried = false;
         self.ensure_connected()?;
-        self.send_raw(frame)?;
-        let deadline = Instant::now() + self.config.io_timeout;
+        self.send_raw_or_reconnect(frame, &mut retried)?;
+        let mut deadline = Instant::now() + self.config.io_timeout;
         loop {
-            let Some(raw) = self.read_one(deadline)? else {
-                return Err(ClientError::Timeout(self.config.io_timeout));
+            let raw = match self.read_one(deadline) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return Err(ClientError::Timeout(self.config.io_timeout)),
+                Err(ClientError::Io(_)) if !retried => {
+                    // The connection broke (relay restart): log in again and
+                    // repeat the request; sends are idempotent by message id.
+                    retried = true;
+                    self.ensure_connected()?;
+                    self.send_raw(frame)?;
+                    deadline = Instant::now() + self.config.io_timeout;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let f = Frame::decode(&raw)?;
             match &f {
@@ -490,33 +517,40 @@ impl<R: CryptoRng> Client<R> {
         // A ping makes the relay flush: its pong and the backlog follow.
         self.ping_nonce += 1;
         let nonce = self.ping_nonce;
-        self.send_raw(&Frame::Ping { nonce }.to_vec())?;
+        let ping = Frame::Ping { nonce }.to_vec();
+        let mut retried = false;
+        self.send_raw_or_reconnect(&ping, &mut retried)?;
         let end = Instant::now() + wait;
+        let mut last = Instant::now();
         let mut handled = 0;
+        // Read until `wait` is over and nothing came for `quiet`.
         loop {
-            let now = Instant::now();
-            let deadline = end.min(now + quiet);
-            match self.read_one(deadline)? {
-                Some(raw) => {
-                    if matches!(
-                        frame_kind_of(&raw),
-                        Some(FrameKind::Deliver | FrameKind::GapNotice)
-                    ) {
-                        self.pushes.push_back(raw);
-                    }
-                    if !self.pushes.is_empty() {
-                        handled += self.pump()?;
-                    }
+            if self.conn.is_none() {
+                if retried {
+                    break;
                 }
-                None => {
-                    handled += self.pump()?;
-                    if Instant::now() >= end || deadline < end {
-                        break;
-                    }
-                }
+                retried = true;
+                self.ensure_connected()?;
+                self.send_raw(&ping)?;
             }
-            if Instant::now() >= end {
-                break;
+            let raw = match self.read_one(end.max(last + quiet)) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(ClientError::Io(_)) if !retried => {
+                    retried = true;
+                    self.ensure_connected()?;
+                    self.send_raw(&ping)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            last = Instant::now();
+            if matches!(
+                frame_kind_of(&raw),
+                Some(FrameKind::Deliver | FrameKind::GapNotice)
+            ) {
+                self.pushes.push_back(raw);
+                handled += self.pump()?;
             }
         }
         handled += self.pump()?;
@@ -544,7 +578,9 @@ impl<R: CryptoRng> Client<R> {
             Ok(())
         })?;
         if let Some(up_to) = ack {
-            self.send_raw(&Frame::Ack { up_to }.to_vec())?;
+            // Best effort: the position is saved; if the connection broke,
+            // the relay re-sends, we skip what we handled and ack again.
+            let _ = self.send_raw(&Frame::Ack { up_to }.to_vec());
         }
         self.flush_owed()?;
         Ok(handled)
@@ -580,7 +616,9 @@ impl<R: CryptoRng> Client<R> {
             match result {
                 Ok(frames) => {
                     for f in frames {
-                        self.send_raw(&f)?;
+                        // Key requests and re-sent keys: best effort (a
+                        // broken connection is re-opened by the next call).
+                        let _ = self.send_raw(&f);
                     }
                     return Ok(Some(seq));
                 }

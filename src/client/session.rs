@@ -754,8 +754,12 @@ impl Session {
         now_ms: u64,
         rng: &mut impl CryptoRng,
     ) -> Result<(), SessionError> {
-        if st.groups.contains_key(gid) {
-            return Ok(());
+        if let Some(rec) = st.groups.get(gid) {
+            let closed = rec.frozen.is_none()
+                && GroupSession::from_state_bytes(&rec.crypto).is_ok_and(|g| g.closed().is_some());
+            if !closed {
+                return Ok(());
+            }
         }
         let commits = log
             .iter()
@@ -951,7 +955,19 @@ impl Session {
         }
         let mut gs = GroupSession::from_state_bytes(&rec.crypto)?;
         let epoch = gs.state().epoch();
-        if commit.epoch <= epoch || gs.closed().is_some() {
+        if gs.closed().is_some() {
+            // Added again after I left or was removed: join afresh.
+            return match &commit.op {
+                Operation::Add { name, .. } if *name == st.user && commit.epoch > epoch => {
+                    Err(SessionError::Need(Need::Commits {
+                        group_id: gid,
+                        from_epoch: 0,
+                    }))
+                }
+                _ => Ok(()),
+            };
+        }
+        if commit.epoch <= epoch {
             return Ok(()); // a re-delivery (or my own, already applied)
         }
         if commit.epoch > epoch + 1 {
