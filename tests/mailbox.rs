@@ -844,6 +844,12 @@ fn a_zeroed_page_before_surviving_bytes_is_reported_as_torn() {
     let ids = append_n(&mut s, 8);
     drop(s);
     let file = &segment_files(dir.path())[0];
+    let closed_len = std::fs::metadata(file).unwrap().len();
+    assert_eq!(
+        closed_len,
+        HEADER + 8 * record_size(PAYLOAD),
+        "a clean close truncates"
+    );
     // The page holding records 2..=3 is lost; records 4.. reached the disk.
     let third = HEADER + 2 * record_size(PAYLOAD);
     patch(file, third, &vec![0u8; 2 * record_size(PAYLOAD) as usize]);
@@ -855,7 +861,48 @@ fn a_zeroed_page_before_surviving_bytes_is_reported_as_torn() {
     assert!(report.torn_tails[0].bytes >= 4 * record_size(PAYLOAD) - 8);
     assert_eq!(
         std::fs::metadata(file).unwrap().len(),
-        8192,
+        closed_len,
         "a torn segment keeps its bytes for inspection"
     );
+}
+
+#[test]
+fn the_next_segment_is_prepared_in_the_background_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join("segments").join("prepared.tmp");
+    let wait_for = |present: bool| {
+        for _ in 0..10_000 {
+            if prepared.exists() == present {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("prepared.tmp present: {}", prepared.exists());
+    };
+    let mut s = open_at(dir.path(), 4096, FsyncPolicy::Batch);
+    let mut ids = append_n(&mut s, 4);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        !prepared.exists(),
+        "not before the active segment is half full"
+    );
+    ids.push(s.append(4, 1_004, &payload(4)).unwrap());
+    wait_for(true);
+    for i in 5..15u64 {
+        // Rolls over at the 10th record (into the prepared file if it is
+        // ready, else into one created inline).
+        ids.push(s.append((i % 7) as u8, 1_000 + i, &payload(i)).unwrap());
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    wait_for(true); // the next one is being prepared
+    drop(s);
+    assert!(
+        !prepared.exists(),
+        "an unused prepared segment is removed on close"
+    );
+    // A stale one (a crash) is removed on open and never read as a segment.
+    std::fs::write(&prepared, b"junk").unwrap();
+    let s = open_at(dir.path(), 4096, FsyncPolicy::Never);
+    assert_eq!(replayed(&s), expected(&ids, |_| true));
+    assert!(s.recovery_report().is_clean());
 }

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
@@ -141,6 +141,8 @@ pub struct MmapStore {
     next_id: u64,
     next_segment: u64,
     report: RecoveryReport,
+    /// A segment the sync thread is preparing (or has prepared).
+    prepared: Option<PreparedSlot>,
     /// Held (and locked) until the store is dropped.
     _lock: File,
 }
@@ -199,6 +201,84 @@ fn map_file(file: &File, len: usize, preallocate: bool) -> Result<MmapMut, io::E
     // input (checked parsing, never cast to typed references), so even a
     // foreign writer could cause wrong data, not memory unsafety in our code.
     unsafe { MmapOptions::new().len(len).map_mut(file) }
+}
+
+/// A freshly created, preallocated, mapped segment file (header not yet
+/// written).
+struct NewSegment {
+    map: MmapMut,
+    raw: Option<Arc<MmapRaw>>,
+    path: PathBuf,
+}
+
+/// Where the sync thread hands over the segment it prepared.
+type PreparedSlot = Arc<Mutex<Option<Result<NewSegment, StoreError>>>>;
+
+/// The temporary name of a prepared segment (renamed on rollover; removed
+/// on open if a previous run left it).
+const PREPARED_NAME: &str = "prepared.tmp";
+
+/// Creates `path` (0600, must not exist), preallocates and maps `len`
+/// bytes, and optionally maps it again for the sync thread (`want_raw`)
+/// and prefaults the pages writable (`populate`). A failed creation leaves
+/// no file behind.
+fn create_segment_file(
+    path: &Path,
+    len: usize,
+    want_raw: bool,
+    populate: bool,
+) -> Result<NewSegment, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    let mapped = map_file(&file, len, true)
+        .map_err(|e| prealloc_error(path, e))
+        .and_then(|map| {
+            let raw = if want_raw {
+                let raw = MmapOptions::new()
+                    .len(len)
+                    .map_raw(&file)
+                    .map_err(io_err("map", path))?;
+                Some(Arc::new(raw))
+            } else {
+                None
+            };
+            Ok((map, raw))
+        });
+    drop(file);
+    match mapped {
+        Ok((map, raw)) => {
+            if populate {
+                prefault(&map);
+            }
+            Ok(NewSegment {
+                map,
+                raw,
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => {
+            // Best effort: a failed creation leaves no file behind.
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+/// Prefaults every page of `map` writable (Linux 5.14+; best effort
+/// elsewhere), so the loop thread's first write to each page does not take
+/// a page fault.
+fn prefault(map: &MmapMut) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = map.advise(memmap2::Advice::PopulateWrite) {
+        tracing::debug!(error = %e, "mailbox: MADV_POPULATE_WRITE unavailable");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -268,6 +348,10 @@ impl MmapStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
         }
 
+        let stale = seg_dir.join(PREPARED_NAME);
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(io_err("remove", &stale))?;
+        }
         let mut store = Self {
             dir: seg_dir,
             config,
@@ -277,6 +361,7 @@ impl MmapStore {
             next_id: 1,
             next_segment: 0,
             report: RecoveryReport::default(),
+            prepared: None,
             sync: None,
             _lock: lock,
         };
@@ -519,8 +604,9 @@ impl MmapStore {
         ScanEnd::Torn
     }
 
-    /// Creates, preallocates and maps the next segment and makes it active.
-    /// On error nothing changes (a half-created file is removed).
+    /// Makes the next segment active: the one the sync thread prepared if
+    /// it is ready (renamed into place), else one created here. On error
+    /// nothing changes.
     fn create_segment(&mut self) -> Result<(), StoreError> {
         let in_use = self.segments.len();
         if in_use >= self.config.max_segments {
@@ -531,36 +617,27 @@ impl MmapStore {
         }
         let number = self.next_segment;
         let path = segment_path(&self.dir, number);
-        let len = usize::try_from(self.config.segment_bytes)
-            .map_err(|_| StoreError::BadConfig("segment size exceeds the address space".into()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("create", &path))?;
-        let mapped = map_file(&file, len, true)
-            .map_err(|e| prealloc_error(&path, e))
-            .and_then(|map| {
-                let raw = if self.config.fsync == FsyncPolicy::Never {
-                    None
-                } else {
-                    let raw = MmapOptions::new()
-                        .len(len)
-                        .map_raw(&file)
-                        .map_err(io_err("map", &path))?;
-                    Some(Arc::new(raw))
-                };
-                Ok((map, raw))
-            });
-        drop(file);
-        let (mut map, raw) = match mapped {
-            Ok(m) => m,
-            Err(e) => {
-                // Best effort: a failed creation leaves no file behind.
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
+        let (mut map, raw) = match self.take_prepared() {
+            Some(ready) => {
+                if let Err(e) = std::fs::rename(&ready.path, &path) {
+                    drop(ready.map);
+                    // Best effort: a stale prepared file is removed on open.
+                    let _ = std::fs::remove_file(&ready.path);
+                    return Err(io_err("rename", &ready.path)(e));
+                }
+                (ready.map, ready.raw)
+            }
+            None => {
+                let len = usize::try_from(self.config.segment_bytes).map_err(|_| {
+                    StoreError::BadConfig("segment size exceeds the address space".into())
+                })?;
+                let fresh = create_segment_file(
+                    &path,
+                    len,
+                    self.config.fsync != FsyncPolicy::Never,
+                    false,
+                )?;
+                (fresh.map, fresh.raw)
             }
         };
         let header = encode_segment_header(number, self.next_id);
@@ -588,6 +665,42 @@ impl MmapStore {
         self.has_active = true;
         self.next_segment = number.saturating_add(1);
         Ok(())
+    }
+
+    /// Asks the sync thread to create, preallocate, map and prefault the
+    /// next segment file (under a temporary name), so that rollover on the
+    /// loop thread is a rename and the loop's writes do not page-fault.
+    /// Called once the active segment is half full.
+    fn prepare_next(&mut self) {
+        let (Some(sync), None) = (&self.sync, &self.prepared) else {
+            return;
+        };
+        let Ok(len) = usize::try_from(self.config.segment_bytes) else {
+            return;
+        };
+        let slot: PreparedSlot = Arc::default();
+        let job_slot = Arc::clone(&slot);
+        let path = self.dir.join(PREPARED_NAME);
+        let want_raw = self.config.fsync != FsyncPolicy::Never;
+        sync.spawn(Box::new(move || {
+            let result = create_segment_file(&path, len, want_raw, true);
+            *job_slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }));
+        self.prepared = Some(slot);
+    }
+
+    /// The prepared segment, if the sync thread has finished it.
+    fn take_prepared(&mut self) -> Option<NewSegment> {
+        let slot = self.prepared.as_ref()?;
+        let result = slot.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        self.prepared = None;
+        match result {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                tracing::warn!(error = %e, "mailbox: preparing the next segment failed; creating it inline");
+                None
+            }
+        }
     }
 
     fn locate(&self, id: u64) -> Option<(usize, usize)> {
@@ -642,6 +755,34 @@ fn validate(config: &MmapConfig) -> Result<usize, StoreError> {
     Ok(fits.min(MAILBOX_MAX_PAYLOAD_BYTES))
 }
 
+impl Drop for MmapStore {
+    /// Stops the sync thread (after its final flush and pending jobs),
+    /// removes a prepared but unused segment file, and truncates the active
+    /// segment to its records.
+    fn drop(&mut self) {
+        drop(self.sync.take());
+        if let Some(ready) = self.take_prepared() {
+            drop(ready.map);
+            // Best effort: open removes a stale prepared file anyway.
+            let _ = std::fs::remove_file(&ready.path);
+        }
+        // A clean close gives back the active segment's unused preallocated
+        // space, so the next open need not check megabytes of zeros after
+        // its last record. Both maps go first (never truncate a mapped
+        // file). Best effort: if this fails, the next open scans the zeros.
+        if self.has_active
+            && let Some(seg) = self.segments.pop()
+        {
+            let (path, end) = (seg.path, seg.end);
+            drop(seg.map);
+            drop(seg.raw);
+            if let Ok(file) = OpenOptions::new().write(true).open(&path) {
+                let _ = file.set_len(end as u64);
+            }
+        }
+    }
+}
+
 impl Store for MmapStore {
     fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
         if self.sync.as_ref().is_some_and(|s| s.shared().failed()) {
@@ -686,11 +827,15 @@ impl Store for MmapStore {
             released: false,
         });
         seg.end = to;
+        let half_full = to > seg.map.len() / 2;
         seg.live += 1;
         seg.bytes += size as u64;
         self.next_id = next;
         if let (Some(sync), Some(raw)) = (&self.sync, &seg.raw) {
             sync.dirty(raw, from, to, id);
+        }
+        if half_full && self.prepared.is_none() {
+            self.prepare_next();
         }
         Ok(RecordId(id))
     }
@@ -774,7 +919,15 @@ impl Store for MmapStore {
             }
             let seg = self.segments.remove(i);
             if let Some(sync) = &self.sync {
-                sync.delete(seg.map, seg.path);
+                let (map, path) = (seg.map, seg.path);
+                sync.spawn(Box::new(move || {
+                    drop(map);
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        // It reappears on the next open; its records are
+                        // replayed and released again. Nothing is lost.
+                        tracing::warn!(error = %e, path = %path.display(), "mailbox: cannot remove a compacted segment");
+                    }
+                }));
             }
             stats.segments_deleted += 1;
             stats.records_dropped += seg.entries.len() as u64;

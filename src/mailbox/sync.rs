@@ -17,7 +17,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use memmap2::{MmapMut, MmapRaw};
+use memmap2::MmapRaw;
+
+/// A piece of background work for the sync thread.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 use super::FsyncPolicy;
 
@@ -31,8 +34,9 @@ struct DirtyRange {
 #[derive(Default)]
 struct Pending {
     ranges: Vec<DirtyRange>,
-    /// Compacted segments to unmap and unlink.
-    deletions: Vec<(MmapMut, PathBuf)>,
+    /// Background work: unmapping and unlinking compacted segments,
+    /// preparing the next segment.
+    jobs: Vec<Job>,
     /// A segment file was created: its directory entry must be synced too.
     dir_sync: bool,
     /// Every record up to this id is covered by `ranges` (or already synced).
@@ -42,7 +46,7 @@ struct Pending {
 
 impl Pending {
     fn has_work(&self) -> bool {
-        !self.ranges.is_empty() || self.dir_sync || !self.deletions.is_empty()
+        !self.ranges.is_empty() || self.dir_sync || !self.jobs.is_empty()
     }
 }
 
@@ -152,11 +156,11 @@ impl SyncThread {
 }
 
 impl SyncThread {
-    /// Unmaps and unlinks a compacted segment in the background.
-    pub(crate) fn delete(&self, map: MmapMut, path: PathBuf) {
+    /// Runs `job` on the sync thread, after the next batch of msyncs.
+    pub(crate) fn spawn(&self, job: Job) {
         let mut p = self.shared.lock();
         let was_idle = !p.has_work();
-        p.deletions.push((map, path));
+        p.jobs.push(job);
         drop(p);
         if was_idle {
             self.shared.wake.notify_one();
@@ -200,44 +204,47 @@ fn run(
                 .map_or_else(|e| e.into_inner().0, |(p, _)| p);
         }
         let ranges = std::mem::take(&mut p.ranges);
-        let deletions = std::mem::take(&mut p.deletions);
+        let jobs = std::mem::take(&mut p.jobs);
         let dir_sync = std::mem::take(&mut p.dir_sync);
         let last_id = p.last_id;
         drop(p);
 
-        for (map, path) in deletions {
-            drop(map);
-            if let Err(e) = std::fs::remove_file(&path) {
-                // It reappears on the next open; its records are replayed
-                // again and released again. Nothing is lost.
-                tracing::warn!(error = %e, path = %path.display(), "mailbox: cannot remove a compacted segment");
-            }
+        if !shared.failed() {
+            flush(shared, &ranges, dir_sync, dir, last_id, on_durable);
         }
-        if shared.failed() {
-            continue; // keep draining; the mark never moves again
+        drop(ranges);
+        // Background jobs come after the msyncs: a slow one (preparing a
+        // segment) must not delay a durable mark.
+        for job in jobs {
+            job();
         }
-        let mut ok = true;
-        for r in &ranges {
-            if let Err(e) = r.map.flush_range(r.from, r.to.saturating_sub(r.from)) {
-                tracing::error!(error = %e, "mailbox msync failed; refusing further appends");
-                ok = false;
-                break;
-            }
-        }
-        if ok
-            && dir_sync
-            && let Err(e) = File::open(dir).and_then(|d| d.sync_all())
-        {
-            tracing::error!(error = %e, dir = %dir.display(), "mailbox directory sync failed");
-            ok = false;
-        }
-        if !ok {
+    }
+}
+
+/// Flushes `ranges` (and the directory), then advances the durable mark to
+/// `last_id` and calls `on_durable`; on failure marks the store failed.
+fn flush(
+    shared: &Shared,
+    ranges: &[DirtyRange],
+    dir_sync: bool,
+    dir: &std::path::Path,
+    last_id: u64,
+    on_durable: &dyn Fn(),
+) {
+    for r in ranges {
+        if let Err(e) = r.map.flush_range(r.from, r.to.saturating_sub(r.from)) {
+            tracing::error!(error = %e, "mailbox msync failed; refusing further appends");
             shared.failed.store(true, Ordering::Release);
-            continue;
+            return;
         }
-        if last_id > shared.durable() {
-            shared.durable.store(last_id, Ordering::Release);
-            on_durable();
-        }
+    }
+    if dir_sync && let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::error!(error = %e, dir = %dir.display(), "mailbox directory sync failed; refusing further appends");
+        shared.failed.store(true, Ordering::Release);
+        return;
+    }
+    if last_id > shared.durable() {
+        shared.durable.store(last_id, Ordering::Release);
+        on_durable();
     }
 }
