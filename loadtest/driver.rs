@@ -87,7 +87,9 @@ pub(crate) struct Config {
     pub(crate) drain: Duration,
     /// Each ready connection pings this often.
     pub(crate) ping_interval: Duration,
-    /// Connects in flight per worker.
+    /// Members per worker between "connect started" and "ready" (TCP
+    /// connect plus the target's handshake). Above the server's listen
+    /// backlog, connects overflow its accept queue and wait for SYN retries.
     pub(crate) max_pending_connects: usize,
     /// The relay's process id, for RSS and CPU readings.
     pub(crate) relay_pid: Option<u32>,
@@ -752,6 +754,7 @@ impl<P: Proto> Worker<P> {
                 self.local.failed += 1;
             }
             ConnState::Handshaking => {
+                self.pending_connects = self.pending_connects.saturating_sub(1);
                 self.local.failed += 1;
                 self.local.closed += 1;
             }
@@ -786,7 +789,6 @@ impl<P: Proto> Worker<P> {
                 self.close(key, Some(ErrorKind::Connect));
                 return;
             }
-            self.pending_connects = self.pending_connects.saturating_sub(1);
             self.local.connected += 1;
             c.state = ConnState::Handshaking;
             c.proto.start(&mut c.out);
@@ -870,8 +872,14 @@ impl<P: Proto> Worker<P> {
                 }
                 Event::Pong => self.local.pongs += 1,
                 Event::ServerError(_) => self.local.error(ErrorKind::ServerError),
-                Event::Message(r) => {
-                    let Some(st) = buf.get(r).and_then(Stamp::read) else {
+                Event::Undecryptable => self.local.error(ErrorKind::Corrupt),
+                Event::Message(_) | Event::Plain(_) => {
+                    let payload = match &ev {
+                        Event::Message(r) => buf.get(r.clone()),
+                        Event::Plain(p) => Some(&p[..]),
+                        _ => None,
+                    };
+                    let Some(st) = payload.and_then(Stamp::read) else {
                         self.local.error(ErrorKind::Corrupt);
                         continue;
                     };
@@ -926,6 +934,7 @@ impl<P: Proto> Worker<P> {
         }
         let wrote = c.out.len() > before_out;
         if became_ready {
+            self.pending_connects = self.pending_connects.saturating_sub(1);
             self.local.ready += 1;
             let interval = duration_ns(shared.cfg.ping_interval);
             let frac = f64::from(c.member) / shared.cfg.connections as f64;

@@ -19,19 +19,24 @@
 //!
 //! `--crypto none` sends opaque ciphertexts exactly as long as a real sealed
 //! group message with the same plaintext size ([`sealed_len`] seals one with
-//! `group::SenderKey` to measure it). The relay's hello signature is not
-//! checked: the swarm trusts its loopback relay.
+//! `group::SenderKey` to measure it). `--crypto real` gives every sender a
+//! `group::SenderKey` and every other member of its group the distribution
+//! (handed over in memory at set-up, not through the relay); senders seal
+//! (EAX + HMAC + Ed25519) and receivers verify and open every message, so
+//! the stamp travels encrypted. The relay's hello signature is not checked:
+//! the swarm trusts its loopback relay.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes::crypto::dh::DhGroup;
 use hermes::crypto::identity::{IdentityKeyPair, SigningKeyPair};
-use hermes::group::SenderKey;
+use hermes::group::{ReceiverStore, SenderKey};
 use hermes::limits::MAX_FRAME_LEN;
 use hermes::membership::Commit;
 use hermes::wire::{
@@ -86,12 +91,9 @@ pub(crate) enum HermesError {
         /// What is wrong.
         why: String,
     },
-    /// `--crypto real` is not built.
-    #[error(
-        "--crypto real is not yet supported by the swarm (it needs sender-key distribution \
-         between synthetic members); use --crypto none, which sends ciphertexts of the sealed size"
-    )]
-    RealCryptoUnsupported,
+    /// Building the sender keys failed.
+    #[error("sender key set-up: {0}")]
+    Group(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> HermesError {
@@ -237,6 +239,17 @@ pub(crate) struct HermesCtx {
     keys: Vec<SigningKeyPair>,
     /// Group id and epoch, by group index.
     groups: Vec<(GroupId, u64)>,
+    /// `--crypto real`: each member's own sender key (senders only) and its
+    /// receiver store holding the other senders' chains, taken by the
+    /// member's connection when it is created.
+    real: Option<Vec<Mutex<RealKeys>>>,
+}
+
+/// One member's group keys for `--crypto real`.
+#[derive(Default)]
+struct RealKeys {
+    sender: Option<SenderKey>,
+    receiver: Option<ReceiverStore>,
 }
 
 /// Set-up parameters.
@@ -248,6 +261,10 @@ pub(crate) struct SetupConfig {
     pub(crate) cache_dir: PathBuf,
     pub(crate) timeout: Duration,
     pub(crate) threads: usize,
+    /// Senders per group (positions `0..senders`).
+    pub(crate) senders_per_group: usize,
+    /// `--crypto real`: build sender keys and distribute them.
+    pub(crate) real_crypto: bool,
 }
 
 /// The member name of member `i` under cache `cache_id`.
@@ -308,11 +325,55 @@ pub(crate) fn setup(cfg: &SetupConfig) -> Result<HermesCtx, HermesError> {
         "hermes-loadtest: {n_groups} groups created in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let real = if cfg.real_crypto {
+        Some(sender_keys(cfg, &names, &group_ids)?)
+    } else {
+        None
+    };
     Ok(HermesCtx {
         names,
         keys: ids.into_iter().map(|i| i.signing).collect(),
         groups: group_ids.into_iter().map(|g| (g, 0)).collect(),
+        real,
     })
+}
+
+/// `--crypto real`: a sender key per sender, and every other member of its
+/// group given its distribution. The swarm hands distributions over in
+/// memory instead of in pairwise envelopes through the relay (the set-up is
+/// not what is measured; the messages are).
+fn sender_keys(
+    cfg: &SetupConfig,
+    names: &[String],
+    group_ids: &[GroupId],
+) -> Result<Vec<Mutex<RealKeys>>, HermesError> {
+    let mut keys: Vec<RealKeys> = (0..cfg.connections).map(|_| RealKeys::default()).collect();
+    let mut rng = rand::rng();
+    for (g, gid) in group_ids.iter().enumerate() {
+        let start = g * cfg.group_size;
+        let end = (start + cfg.group_size).min(cfg.connections);
+        for r in start..end {
+            if let Some(k) = keys.get_mut(r) {
+                k.receiver = Some(ReceiverStore::new(*gid));
+            }
+        }
+        for s in start..(start + cfg.senders_per_group).min(end) {
+            let mut sk = SenderKey::generate(*gid, 1, &mut rng);
+            let sender_name = names.get(s).map_or("", String::as_str);
+            for r in (start..end).filter(|&r| r != s) {
+                let d = sk.distribution_for(names.get(r).map_or("", String::as_str), 0);
+                if let Some(store) = keys.get_mut(r).and_then(|k| k.receiver.as_mut()) {
+                    store
+                        .handle_distribution(sender_name, &d)
+                        .map_err(|e| HermesError::Group(e.to_string()))?;
+                }
+            }
+            if let Some(k) = keys.get_mut(s) {
+                k.sender = Some(sk);
+            }
+        }
+    }
+    Ok(keys.into_iter().map(Mutex::new).collect())
 }
 
 /// Runs `f(0..n)` on `threads` threads; the first error wins.
@@ -529,6 +590,14 @@ pub(crate) struct Hermes {
     acked: u64,
     unacked: u64,
     ping_nonce: u64,
+    /// `--crypto real`: this member's keys.
+    real: Option<RealKeys>,
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Hermes {
@@ -576,6 +645,11 @@ impl Proto for Hermes {
             acked: 0,
             unacked: 0,
             ping_nonce: 0,
+            real: ctx.real.as_ref().and_then(|v| {
+                let slot = v.get(i)?;
+                let mut keys = slot.lock().ok()?;
+                Some(std::mem::take(&mut *keys))
+            }),
         }
     }
 
@@ -619,6 +693,14 @@ impl Proto for Hermes {
                     self.saw(d.seq);
                     let mine = self.group.is_some_and(|(g, _)| g == d.group_id);
                     if d.kind == EntryKind::GroupMessage && mine {
+                        if let Some(store) = self.real.as_mut().and_then(|r| r.receiver.as_mut()) {
+                            match store.open(d.ciphertext, unix_ms_now()) {
+                                Ok(m) => events.push(Event::Plain(m.plaintext.to_vec())),
+                                Err(_) => events.push(Event::Undecryptable),
+                            }
+                            at += n;
+                            continue;
+                        }
                         // The ciphertext borrows from `frame`, a sub-slice of `buf`.
                         let offset =
                             (d.ciphertext.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
@@ -653,11 +735,23 @@ impl Proto for Hermes {
         message_id[4..8].copy_from_slice(&self.run_tag.to_be_bytes());
         message_id[8..].copy_from_slice(&self.next_id.to_be_bytes());
         self.next_id += 1;
+        let sealed;
+        let ciphertext = match self.real.as_mut().and_then(|r| r.sender.as_mut()) {
+            Some(sk) => match sk.seal(epoch, &self.name, unix_ms_now(), message_id, payload) {
+                Ok(m) => {
+                    sealed = m;
+                    &sealed[..]
+                }
+                // A chain exhausted after 2^32 messages: nothing sensible to send.
+                Err(_) => return,
+            },
+            None => payload,
+        };
         Frame::GroupSend {
             group_id,
             epoch,
             message_id,
-            ciphertext: payload,
+            ciphertext,
         }
         .encode(out);
     }
@@ -688,6 +782,7 @@ mod tests {
                 SigningKeyPair::from_secret_bytes(&[2; 32]),
             ],
             groups: vec![([9; 16], 3)],
+            real: None,
         }
     }
 
@@ -725,7 +820,16 @@ mod tests {
 
     /// A connection that has logged in.
     fn ready() -> Hermes {
-        let mut c = Hermes::new(&member(), &ctx());
+        ready_with(&ctx(), 1)
+    }
+
+    fn ready_with(ctx: &HermesCtx, index: u32) -> Hermes {
+        let m = Member {
+            index,
+            group: 0,
+            run_tag: 5,
+        };
+        let mut c = Hermes::new(&m, ctx);
         let mut out = Vec::new();
         let mut ev = Vec::new();
         let hello = Frame::Hello(Hello {
@@ -741,17 +845,14 @@ mod tests {
         let Frame::Login { name, signature } = Frame::decode(&sent[0]).unwrap() else {
             panic!("expected a login")
         };
-        assert_eq!(name, "b");
-        let keys = SigningKeyPair::from_secret_bytes(&[2; 32]);
+        let i = usize::try_from(index).unwrap();
+        assert_eq!(name, ctx.names[i]);
+        let keys = SigningKeyPair::from_secret_bytes(&[u8::try_from(index).unwrap() + 1; 32]);
         assert_eq!(
             signature,
-            keys.sign(&login_message(&[5; 32], &[4; 32], "b"))
+            keys.sign(&login_message(&[5; 32], &[4; 32], name))
         );
-        let auth = Frame::Authenticated {
-            name: "b",
-            acked: 10,
-        }
-        .to_vec();
+        let auth = Frame::Authenticated { name, acked: 10 }.to_vec();
         c.on_read(&auth, &mut out, &mut ev).unwrap();
         assert_eq!(ev, vec![Event::Ready]);
         c
@@ -916,6 +1017,45 @@ mod tests {
             load_identities(dir.path(), 1),
             Err(HermesError::Cache { .. })
         ));
+    }
+
+    #[test]
+    fn real_crypto_seals_for_and_opens_from_the_group() {
+        let cfg = SetupConfig {
+            server: "127.0.0.1:1".parse().unwrap(),
+            connections: 2,
+            group_size: 2,
+            cache_dir: PathBuf::new(),
+            timeout: Duration::from_secs(1),
+            threads: 1,
+            senders_per_group: 1,
+            real_crypto: true,
+        };
+        let mut c = ctx();
+        c.groups = vec![([9; 16], 0)];
+        c.real = Some(sender_keys(&cfg, &c.names, &[[9; 16]]).unwrap());
+        let mut a = ready_with(&c, 0);
+        let mut b = ready_with(&c, 1);
+        let mut out = Vec::new();
+        a.publish(b"stamped payload", &mut out);
+        let sent = frames(&out);
+        let Frame::GroupSend { ciphertext, .. } = Frame::decode(&sent[0]).unwrap() else {
+            panic!("expected a group send")
+        };
+        assert_eq!(ciphertext.len(), sealed_len(15, "a"));
+        let (mut o, mut ev) = (Vec::new(), Vec::new());
+        let mut tampered = ciphertext.to_vec();
+        *tampered.last_mut().unwrap() ^= 1;
+        let mut input = deliver(11, [9; 16], EntryKind::GroupMessage, &tampered);
+        input.extend(deliver(12, [9; 16], EntryKind::GroupMessage, ciphertext));
+        b.on_read(&input, &mut o, &mut ev).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                Event::Undecryptable,
+                Event::Plain(b"stamped payload".to_vec())
+            ]
+        );
     }
 
     #[test]

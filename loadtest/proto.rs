@@ -26,6 +26,11 @@ pub(crate) enum Event {
     Ready,
     /// A group message; the range is the payload within the parsed buffer.
     Message(Range<usize>),
+    /// A group message decrypted by the protocol (`--crypto real`): the
+    /// plaintext.
+    Plain(Vec<u8>),
+    /// A group message that did not verify or decrypt.
+    Undecryptable,
     /// The answer to a ping.
     Pong,
     /// The server refused one request but the session goes on (the code
