@@ -196,6 +196,73 @@ pub const MAILBOX_MEM_SEGMENT_RECORDS: usize = 1024;
 // Relay event loop (src/relay/event_loop)
 // ---------------------------------------------------------------------------
 
+/// Listen backlog the relay asks for (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current Linux). The original's backlog of 5
+/// lost 17-41% of connection bursts; mio's own default is 128.
+pub const RELAY_LISTEN_BACKLOG: i32 = 4096;
+
+/// File descriptors kept back from `--max-connections`' default (the
+/// open-file soft limit): the listener, the metrics listener and its
+/// clients, the poll and waker, the signal pipe, the data directory lock,
+/// log files and what the store opens briefly while rolling a segment.
+pub const RELAY_FD_RESERVE: usize = 64;
+
+/// Readiness events taken from one `Poll::poll` call.
+pub const RELAY_EVENTS_PER_POLL: usize = 1024;
+
+/// Connections accepted per loop pass before the loop serves the ones it
+/// has (the rest are accepted on the next pass): bounds the work per pass.
+pub const RELAY_ACCEPTS_PER_PASS: usize = 256;
+
+/// Size of the loop's one shared read buffer. A read lands there first; only
+/// the tail of a frame split across reads is copied into the connection's
+/// own buffer, so idle connections own no read buffer at all.
+pub const RELAY_READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes read from one connection per loop pass before moving on to the
+/// others (the rest is read on the next pass): one fast sender cannot
+/// starve the loop.
+pub const RELAY_READ_BUDGET_PER_PASS: usize = 256 * 1024;
+
+/// Per-connection output bound: the loop stops pulling deliveries from the
+/// core once this many bytes wait for the socket. Past it a recipient's
+/// entries stay in its mailbox and flow as it drains, so a client that never
+/// reads costs at most this (plus one maximal frame) of relay memory.
+pub const RELAY_OUTPUT_BOUND: usize = 256 * 1024;
+
+/// Default frames per second one connection may send (`--max-frames-per-sec`),
+/// also its burst. Past it the loop stops reading that socket until tokens
+/// refill (TCP back-pressure; nothing is dropped). Load tests lift it.
+pub const RELAY_DEFAULT_FRAMES_PER_SEC: u32 = 2_000;
+
+/// How often a throttled connection is looked at again.
+pub const RELAY_THROTTLE_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A connection that has not registered or logged in this long after
+/// connecting gets an error frame and is closed (pings do not extend it).
+pub const RELAY_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a connection being closed may take to read its last frames
+/// (error frame, replies) before the socket is dropped anyway.
+pub const RELAY_CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On SIGINT/SIGTERM or `shutdown()`, how long the loop keeps flushing
+/// pending output before it exits.
+pub const RELAY_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Interval of the one-line summary in the log.
+pub const RELAY_SUMMARY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Concurrent clients of the metrics endpoint; more are refused (closed).
+pub const RELAY_METRICS_MAX_CLIENTS: usize = 16;
+
+/// Largest HTTP request the metrics endpoint reads before answering 400.
+pub const RELAY_METRICS_MAX_REQUEST: usize = 4096;
+
+/// A metrics client that has not sent its request (or read the answer) in
+/// this long is closed.
+pub const RELAY_METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 // ---------------------------------------------------------------------------
 // Client (src/client)
 // ---------------------------------------------------------------------------
