@@ -16,6 +16,8 @@ pub struct Cli {
 /// The subcommands of the one `hermes` binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the relay: one poll loop, mailbox under the data directory.
+    Relay(RelayArgs),
     /// Make an identity, register it with the relay, create the encrypted state.
     Register(ClientArgs),
     /// Create and manage groups.
@@ -66,6 +68,74 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `hermes relay` options. Defaults need no configuration.
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERMES_LISTEN", default_value = crate::relay::event_loop::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Directory for the mailbox segments and the relay's identity key.
+    #[arg(long, env = "HERMES_DATA_DIR", default_value = crate::relay::event_loop::DEFAULT_DATA_DIR)]
+    pub data_dir: std::path::PathBuf,
+    /// When stored messages are synced to disk (and receipts sent).
+    #[arg(long, value_enum, default_value_t = FsyncArg::Batch)]
+    pub fsync: FsyncArg,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = crate::limits::MAX_FRAME_LEN)]
+    pub max_frame_bytes: usize,
+    /// Most client connections [default: the open-file soft limit, raised
+    /// to the hard limit, minus a reserve].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Registrations per second, relay-wide [default: 1 per second].
+    #[arg(long)]
+    pub max_registrations_per_sec: Option<u32>,
+    /// Frames per second per connection (and burst); past it the relay
+    /// stops reading that socket for a moment.
+    #[arg(long, default_value_t = crate::limits::RELAY_DEFAULT_FRAMES_PER_SEC)]
+    pub max_frames_per_sec: u32,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9333).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `--fsync` values (`mailbox::FsyncPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncArg {
+    /// Receipt only after an msync covering the record.
+    Always,
+    /// Receipt once in the map; msync every few milliseconds.
+    Batch,
+    /// Receipt once in the map; write-back left to the OS.
+    Never,
+}
+
+impl RelayArgs {
+    /// The relay configuration these options describe.
+    #[must_use]
+    pub fn to_config(&self) -> crate::relay::ServerConfig {
+        let mut config = crate::relay::ServerConfig {
+            listen: self.listen,
+            data_dir: Some(self.data_dir.clone()),
+            fsync: match self.fsync {
+                FsyncArg::Always => crate::mailbox::FsyncPolicy::Always,
+                FsyncArg::Batch => crate::mailbox::FsyncPolicy::Batch,
+                FsyncArg::Never => crate::mailbox::FsyncPolicy::Never,
+            },
+            max_connections: self.max_connections,
+            max_frames_per_sec: self.max_frames_per_sec,
+            metrics: self.metrics,
+            handle_signals: true,
+            ..crate::relay::ServerConfig::default()
+        };
+        config.core.max_frame = self.max_frame_bytes;
+        if let Some(n) = self.max_registrations_per_sec {
+            config.core.registrations_per_minute = n.saturating_mul(60);
+        }
+        config
+    }
 }
 
 /// Options every client command shares.
@@ -186,6 +256,18 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;
+            Ok(())
+        }
+        Some(Command::Relay(args)) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init();
+            crate::relay::run_relay(args.to_config())?;
             Ok(())
         }
         Some(Command::Register(c)) => crate::client::commands::register(&c.to_options()),

@@ -36,7 +36,9 @@ impl ConnKey {
     /// The mio token: `generation << 32 | (slot + FIRST_CONN_TOKEN)`.
     #[must_use]
     pub fn token(self) -> Token {
-        Token((usize::try_from(self.generation).unwrap_or(0) << 32) | (self.slot + FIRST_CONN_TOKEN))
+        Token(
+            (usize::try_from(self.generation).unwrap_or(0) << 32) | (self.slot + FIRST_CONN_TOKEN),
+        )
     }
 
     /// The inverse of [`ConnKey::token`]; `None` for the loop's own tokens.
@@ -225,10 +227,16 @@ mod tests {
 
     #[test]
     fn token_round_trip_and_generation_mismatch() {
-        let k = ConnKey { slot: 5, generation: 9 };
+        let k = ConnKey {
+            slot: 5,
+            generation: 9,
+        };
         assert_eq!(ConnKey::from_token(k.token()), Some(k));
         assert_eq!(ConnKey::from_u64(k.as_u64()), k);
-        let reused = ConnKey { slot: 5, generation: 10 };
+        let reused = ConnKey {
+            slot: 5,
+            generation: 10,
+        };
         assert_ne!(k.token(), reused.token());
         assert_eq!(ConnKey::from_token(Token(0)), None);
         assert_eq!(ConnKey::from_token(Token(METRICS_TOKEN_BIT | 3)), None);
@@ -238,7 +246,11 @@ mod tests {
     fn sniffer_finds_authenticated_across_split_writes() {
         let mut bytes = Vec::new();
         Frame::Pong { nonce: 7 }.encode(&mut bytes);
-        Frame::Authenticated { name: "alice", acked: 0 }.encode(&mut bytes);
+        Frame::Authenticated {
+            name: "alice",
+            acked: 0,
+        }
+        .encode(&mut bytes);
         for cut in 0..bytes.len() {
             let mut s = AuthSniffer::default();
             let (a, b) = bytes.split_at(cut);
@@ -259,7 +271,13 @@ mod tests {
         assert_eq!(b.available(100, t0), 100);
         b.spend(100);
         assert_eq!(b.available(100, t0), 0);
-        assert_eq!(b.available(100, t0 + std::time::Duration::from_millis(50)), 5);
-        assert_eq!(b.available(100, t0 + std::time::Duration::from_secs(10)), 100);
+        assert_eq!(
+            b.available(100, t0 + std::time::Duration::from_millis(50)),
+            5
+        );
+        assert_eq!(
+            b.available(100, t0 + std::time::Duration::from_secs(10)),
+            100
+        );
     }
 }

@@ -287,7 +287,9 @@ pub fn spawn_relay(config: ServerConfig) -> Result<RelayHandle, ServerError> {
         }
         Err(_) => match thread.join() {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(ServerError::Thread("the relay thread ended before listening".into())),
+            Ok(Ok(())) => Err(ServerError::Thread(
+                "the relay thread ended before listening".into(),
+            )),
             Err(_) => Err(ServerError::Thread("the relay thread panicked".into())),
         },
     }
@@ -320,7 +322,14 @@ fn run_inner(config: ServerConfig, started: Option<StartTx>) -> Result<(), Serve
                     let on_durable = Box::new(move || {
                         let _ = waker.wake();
                     });
-                    MmapStore::open(&dir, MmapConfig { fsync, ..MmapConfig::default() }, on_durable)
+                    MmapStore::open(
+                        &dir,
+                        MmapConfig {
+                            fsync,
+                            ..MmapConfig::default()
+                        },
+                        on_durable,
+                    )
                 },
                 started.as_ref(),
             )
@@ -376,7 +385,8 @@ fn load_or_create_identity(dir: &Path) -> Result<SigningKeyPair, ServerError> {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(dir_err("create", &tmp))?;
-            f.write_all(secret.expose()).map_err(dir_err("write", &tmp))?;
+            f.write_all(secret.expose())
+                .map_err(dir_err("write", &tmp))?;
             f.sync_all().map_err(dir_err("sync", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(dir_err("rename", &path))?;
             std::fs::File::open(dir)
@@ -439,7 +449,14 @@ fn start<S: Store>(
     let recovery = store.recovery_report().clone();
     config.core.receipts_after_durable = config.fsync == FsyncPolicy::Always;
     let now = Instant::now();
-    let (core, replay) = RelayCore::open(store, os_rng()?, identity, config.core.clone(), now, unix_ms())?;
+    let (core, replay) = RelayCore::open(
+        store,
+        os_rng()?,
+        identity,
+        config.core.clone(),
+        now,
+        unix_ms(),
+    )?;
     let relay_key = core.relay_key();
 
     if config.log_summary {
@@ -478,8 +495,10 @@ fn start<S: Store>(
         }));
     }
 
-    let mut metrics = Metrics::default();
-    metrics.max_connections = max_connections as u64;
+    let metrics = Metrics {
+        max_connections: max_connections as u64,
+        ..Metrics::default()
+    };
     let mut server = Server {
         poll,
         listener: Some(listener),
@@ -530,7 +549,8 @@ impl Signals {
         let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         let mut rx = mio::net::UnixStream::from_std(rx);
-        poll.registry().register(&mut rx, SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut rx, SIGNALS, Interest::READABLE)?;
         let tx2 = tx.try_clone()?;
         let ids = vec![
             signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, tx)?,
@@ -646,11 +666,15 @@ impl<S: Store> Server<S> {
                         }
                     }
                     METRICS_LISTENER => self.accept_metrics(now),
-                    t if t.0 & METRICS_TOKEN_BIT != 0 => self.serve_metrics(t.0 & !METRICS_TOKEN_BIT),
+                    t if t.0 & METRICS_TOKEN_BIT != 0 => {
+                        self.serve_metrics(t.0 & !METRICS_TOKEN_BIT)
+                    }
                     t => {
                         // Unknown or stale tokens (a closed connection's
                         // generation) are ignored.
-                        let Some(k) = ConnKey::from_token(t) else { continue };
+                        let Some(k) = ConnKey::from_token(t) else {
+                            continue;
+                        };
                         let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
                             continue;
                         };
@@ -754,7 +778,9 @@ impl<S: Store> Server<S> {
                 self.pause_accepting();
                 return;
             }
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, _)) => self.add_conn(stream, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -792,7 +818,11 @@ impl<S: Store> Server<S> {
         {
             // Registering a listener with a non-empty backlog reports it
             // readable at once.
-            match self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+            match self
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
+            {
                 Ok(()) => {
                     self.listener_registered = true;
                     self.accept_more = true;
@@ -813,7 +843,11 @@ impl<S: Store> Server<S> {
             slot: entry.key(),
             generation,
         };
-        if let Err(e) = self.poll.registry().register(&mut stream, key.token(), Interest::READABLE) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, key.token(), Interest::READABLE)
+        {
             tracing::warn!(error = %e, "cannot register a connection");
             self.metrics.error("register");
             return;
@@ -834,7 +868,8 @@ impl<S: Store> Server<S> {
         });
         self.metrics.accepted += 1;
         self.metrics.open += 1;
-        self.handshakes.push_back((now + self.handshake_timeout, key));
+        self.handshakes
+            .push_back((now + self.handshake_timeout, key));
         self.core.handle_connect(core_id(key), now);
     }
 
@@ -843,7 +878,9 @@ impl<S: Store> Server<S> {
     // ------------------------------------------------------------------
 
     fn read(&mut self, k: ConnKey, now: Instant, unix_ms: u64) {
-        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else { return };
+        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
+            return;
+        };
         c.read_queued = false;
         match c.phase {
             Phase::Dead => {}
@@ -858,7 +895,9 @@ impl<S: Store> Server<S> {
         let fps = self.frames_per_sec;
         let max_frame = self.max_frame;
         let mut budget = RELAY_READ_BUDGET_PER_PASS;
-        let Some(c) = self.conns.get_mut(k.slot) else { return };
+        let Some(c) = self.conns.get_mut(k.slot) else {
+            return;
+        };
         loop {
             if c.phase != Phase::Open {
                 return;
@@ -917,7 +956,8 @@ impl<S: Store> Server<S> {
                             unix_ms,
                         );
                         c.bucket.spend(frames);
-                        c.inbuf.extend_from_slice(data.get(used..).unwrap_or_default());
+                        c.inbuf
+                            .extend_from_slice(data.get(used..).unwrap_or_default());
                     } else {
                         c.inbuf.extend_from_slice(data);
                     }
@@ -935,7 +975,9 @@ impl<S: Store> Server<S> {
     /// A closing connection: read and drop whatever the peer still sends,
     /// until it closes (then the connection is gone).
     fn discard_input(&mut self, k: ConnKey) {
-        let Some(c) = self.conns.get_mut(k.slot) else { return };
+        let Some(c) = self.conns.get_mut(k.slot) else {
+            return;
+        };
         let mut budget = RELAY_READ_BUDGET_PER_PASS;
         c.inbuf = Vec::new();
         loop {
@@ -975,7 +1017,9 @@ impl<S: Store> Server<S> {
                 break;
             }
             self.handshakes.pop_front();
-            let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else { continue };
+            let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
+                continue;
+            };
             if c.authenticated || c.phase != Phase::Open {
                 continue;
             }
@@ -1017,7 +1061,9 @@ impl<S: Store> Server<S> {
     /// then its write side is shut down and its input drained, for at most
     /// [`RELAY_CLOSE_LINGER`].
     fn begin_close(&mut self, k: ConnKey, reason: &str, now: Instant) {
-        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else { return };
+        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
+            return;
+        };
         if c.phase != Phase::Open {
             return;
         }
@@ -1066,7 +1112,9 @@ impl<S: Store> Server<S> {
     /// Tops the connection's output up from the core (to at most
     /// [`RELAY_OUTPUT_BOUND`]) and writes it with one `write(2)`.
     fn flush(&mut self, k: ConnKey) {
-        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else { return };
+        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
+            return;
+        };
         c.flush_queued = false;
         if matches!(c.phase, Phase::Dead | Phase::Draining) {
             return;
@@ -1077,7 +1125,8 @@ impl<S: Store> Server<S> {
             if pending < RELAY_OUTPUT_BOUND {
                 c.compact_output();
                 let start = c.out.len();
-                self.core.poll_transmit(id, &mut c.out, RELAY_OUTPUT_BOUND - pending);
+                self.core
+                    .poll_transmit(id, &mut c.out, RELAY_OUTPUT_BOUND - pending);
                 if !c.authenticated && c.sniffer.feed(c.out.get(start..).unwrap_or_default()) {
                     c.authenticated = true;
                     self.metrics.logins += 1;
@@ -1130,7 +1179,11 @@ impl<S: Store> Server<S> {
             } else {
                 Interest::READABLE
             };
-            match self.poll.registry().reregister(&mut c.stream, k.token(), interest) {
+            match self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, k.token(), interest)
+            {
                 Ok(()) => c.write_interest = want_write,
                 Err(_) => kill(&mut self.dead, c, &mut self.metrics, Some("register")),
             }
@@ -1141,7 +1194,9 @@ impl<S: Store> Server<S> {
     /// event batch, so no key is reused within it).
     fn reap(&mut self) {
         for k in std::mem::take(&mut self.dead) {
-            let Some(c) = self.conns.get(k.slot).filter(|c| c.key == k) else { continue };
+            let Some(c) = self.conns.get(k.slot).filter(|c| c.key == k) else {
+                continue;
+            };
             if c.phase != Phase::Dead {
                 continue;
             }
@@ -1160,7 +1215,9 @@ impl<S: Store> Server<S> {
 
     fn accept_metrics(&mut self, now: Instant) {
         loop {
-            let Some(l) = self.metrics_listener.as_ref() else { return };
+            let Some(l) = self.metrics_listener.as_ref() else {
+                return;
+            };
             match l.accept() {
                 Ok((mut stream, _)) => {
                     if self.http.len() >= RELAY_METRICS_MAX_CLIENTS {
@@ -1191,14 +1248,17 @@ impl<S: Store> Server<S> {
 
     fn serve_metrics(&mut self, i: usize) {
         let counters = self.counters();
-        let Some(h) = self.http.get_mut(i) else { return };
+        let Some(h) = self.http.get_mut(i) else {
+            return;
+        };
         if h.response.is_empty() {
             let mut buf = [0u8; 1024];
             loop {
                 match h.stream.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        h.request.extend_from_slice(buf.get(..n).unwrap_or_default());
+                        h.request
+                            .extend_from_slice(buf.get(..n).unwrap_or_default());
                         if h.request.len() >= RELAY_METRICS_MAX_REQUEST {
                             break;
                         }
@@ -1217,7 +1277,10 @@ impl<S: Store> Server<S> {
             };
         }
         loop {
-            match h.stream.write(h.response.get(h.written..).unwrap_or_default()) {
+            match h
+                .stream
+                .write(h.response.get(h.written..).unwrap_or_default())
+            {
                 Ok(0) => break,
                 Ok(n) => {
                     h.written += n;
@@ -1277,7 +1340,9 @@ impl<S: Store> Server<S> {
             if !pending || now >= deadline {
                 break;
             }
-            let wait = deadline.saturating_duration_since(now).min(Duration::from_millis(10));
+            let wait = deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(10));
             let _ = self.poll.poll(&mut events, Some(wait));
         }
         for (_, c) in &mut self.conns {
@@ -1331,6 +1396,11 @@ fn feed<S: Store>(
     if end == 0 {
         return (0, 0);
     }
-    let used = core.handle_bytes(core_id(k), data.get(..end).unwrap_or_default(), now, unix_ms);
+    let used = core.handle_bytes(
+        core_id(k),
+        data.get(..end).unwrap_or_default(),
+        now,
+        unix_ms,
+    );
     (used, frames)
 }

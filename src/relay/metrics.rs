@@ -112,28 +112,136 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE hermes_{name} {kind}");
             let _ = writeln!(out, "hermes_{name} {v}");
         };
-        counter("connections_accepted_total", "Connections accepted.", "counter", self.accepted);
-        counter("connections_closed_total", "Connections closed.", "counter", self.closed);
-        counter("connections_open", "Connections open now.", "gauge", self.open);
-        counter("connections_max", "The --max-connections in force.", "gauge", self.max_connections);
-        counter("logins_total", "Successful registrations and logins.", "counter", self.logins);
-        counter("deliveries_total", "Deliver and gap-notice frames sent.", "counter", core.deliveries);
-        counter("messages_accepted_total", "Messages stored for delivery.", "counter", core.messages_accepted);
-        counter("acks_total", "Ack frames received.", "counter", self.frames_of(FrameKind::Ack));
-        counter("dropped_over_cap_total", "Queue entries dropped over a member's cap.", "counter", core.dropped_over_cap);
-        counter("dropped_expired_total", "Queue entries dropped past the time to live.", "counter", core.dropped_expired);
-        counter("error_frames_sent_total", "Error frames sent by the core.", "counter", core.errors_sent);
-        counter("bytes_received_total", "Bytes read from clients.", "counter", self.bytes_in);
-        counter("bytes_sent_total", "Bytes written to clients.", "counter", self.bytes_out);
-        counter("read_calls_total", "read(2) calls on client sockets.", "counter", self.read_calls);
-        counter("write_calls_total", "write(2) calls on client sockets.", "counter", self.write_calls);
-        counter("throttled_total", "Times a connection hit its frames-per-second limit.", "counter", self.throttled);
-        counter("output_bound_hits_total", "Times a slow reader's output bound kept entries in its mailbox.", "counter", self.output_bound_hits);
-        counter("mailbox_records", "Records in the mailbox (released or not).", "gauge", store.records);
-        counter("mailbox_live_records", "Records in the mailbox still needed.", "gauge", store.live_records);
-        counter("mailbox_bytes", "Bytes used by mailbox records.", "gauge", store.bytes);
-        counter("mailbox_segments", "Mailbox segments in use.", "gauge", store.segments as u64);
-        let _ = writeln!(out, "# HELP hermes_frames_received_total Frames received, by kind.");
+        counter(
+            "connections_accepted_total",
+            "Connections accepted.",
+            "counter",
+            self.accepted,
+        );
+        counter(
+            "connections_closed_total",
+            "Connections closed.",
+            "counter",
+            self.closed,
+        );
+        counter(
+            "connections_open",
+            "Connections open now.",
+            "gauge",
+            self.open,
+        );
+        counter(
+            "connections_max",
+            "The --max-connections in force.",
+            "gauge",
+            self.max_connections,
+        );
+        counter(
+            "logins_total",
+            "Successful registrations and logins.",
+            "counter",
+            self.logins,
+        );
+        counter(
+            "deliveries_total",
+            "Deliver and gap-notice frames sent.",
+            "counter",
+            core.deliveries,
+        );
+        counter(
+            "messages_accepted_total",
+            "Messages stored for delivery.",
+            "counter",
+            core.messages_accepted,
+        );
+        counter(
+            "acks_total",
+            "Ack frames received.",
+            "counter",
+            self.frames_of(FrameKind::Ack),
+        );
+        counter(
+            "dropped_over_cap_total",
+            "Queue entries dropped over a member's cap.",
+            "counter",
+            core.dropped_over_cap,
+        );
+        counter(
+            "dropped_expired_total",
+            "Queue entries dropped past the time to live.",
+            "counter",
+            core.dropped_expired,
+        );
+        counter(
+            "error_frames_sent_total",
+            "Error frames sent by the core.",
+            "counter",
+            core.errors_sent,
+        );
+        counter(
+            "bytes_received_total",
+            "Bytes read from clients.",
+            "counter",
+            self.bytes_in,
+        );
+        counter(
+            "bytes_sent_total",
+            "Bytes written to clients.",
+            "counter",
+            self.bytes_out,
+        );
+        counter(
+            "read_calls_total",
+            "read(2) calls on client sockets.",
+            "counter",
+            self.read_calls,
+        );
+        counter(
+            "write_calls_total",
+            "write(2) calls on client sockets.",
+            "counter",
+            self.write_calls,
+        );
+        counter(
+            "throttled_total",
+            "Times a connection hit its frames-per-second limit.",
+            "counter",
+            self.throttled,
+        );
+        counter(
+            "output_bound_hits_total",
+            "Times a slow reader's output bound kept entries in its mailbox.",
+            "counter",
+            self.output_bound_hits,
+        );
+        counter(
+            "mailbox_records",
+            "Records in the mailbox (released or not).",
+            "gauge",
+            store.records,
+        );
+        counter(
+            "mailbox_live_records",
+            "Records in the mailbox still needed.",
+            "gauge",
+            store.live_records,
+        );
+        counter(
+            "mailbox_bytes",
+            "Bytes used by mailbox records.",
+            "gauge",
+            store.bytes,
+        );
+        counter(
+            "mailbox_segments",
+            "Mailbox segments in use.",
+            "gauge",
+            store.segments as u64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hermes_frames_received_total Frames received, by kind."
+        );
         let _ = writeln!(out, "# TYPE hermes_frames_received_total counter");
         for (kind, n) in self.frames_in.iter().enumerate() {
             if *n == 0 {
@@ -145,7 +253,10 @@ impl Metrics {
                 .map_or_else(|| "unknown".to_owned(), |k| format!("{k:?}"));
             let _ = writeln!(out, "hermes_frames_received_total{{kind=\"{label}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP hermes_errors_total Closes and refusals, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP hermes_errors_total Closes and refusals, by reason."
+        );
         let _ = writeln!(out, "# TYPE hermes_errors_total counter");
         for (reason, n) in &self.errors {
             let _ = writeln!(out, "hermes_errors_total{{reason=\"{reason}\"}} {n}");
@@ -192,9 +303,16 @@ pub enum HttpRequest {
 /// Parses an HTTP/1.x request head: only the request line matters.
 #[must_use]
 pub fn parse_http_request(buf: &[u8], max: usize) -> HttpRequest {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
     let Some(_) = end else {
-        return if buf.len() >= max { HttpRequest::Bad } else { HttpRequest::Incomplete };
+        return if buf.len() >= max {
+            HttpRequest::Bad
+        } else {
+            HttpRequest::Incomplete
+        };
     };
     let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     let line = String::from_utf8_lossy(buf.get(..line_end).unwrap_or_default());
@@ -225,14 +343,22 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_labels() {
-        let mut m = Metrics::default();
-        m.accepted = 3;
+        let mut m = Metrics {
+            accepted: 3,
+            ..Metrics::default()
+        };
         m.frame_in(FrameKind::Ack as u8);
         m.frame_in(FrameKind::Ack as u8);
         m.frame_in(0xee);
         m.error("idle");
         m.error("idle");
-        let text = m.render(&CoreCounters { deliveries: 7, ..Default::default() }, &StoreStats::default());
+        let text = m.render(
+            &CoreCounters {
+                deliveries: 7,
+                ..Default::default()
+            },
+            &StoreStats::default(),
+        );
         assert!(text.contains("hermes_connections_accepted_total 3\n"));
         assert!(text.contains("hermes_deliveries_total 7\n"));
         assert!(text.contains("hermes_acks_total 2\n"));
@@ -249,10 +375,22 @@ mod tests {
     #[test]
     fn http_request_parsing() {
         let max = crate::limits::RELAY_METRICS_MAX_REQUEST;
-        assert_eq!(parse_http_request(b"GET /metrics HTTP/1.0\r\n", max), HttpRequest::Incomplete);
-        assert_eq!(parse_http_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", max), HttpRequest::Metrics);
-        assert_eq!(parse_http_request(b"GET / HTTP/1.0\n\n", max), HttpRequest::Metrics);
-        assert_eq!(parse_http_request(b"GET /x HTTP/1.0\r\n\r\n", max), HttpRequest::NotFound);
+        assert_eq!(
+            parse_http_request(b"GET /metrics HTTP/1.0\r\n", max),
+            HttpRequest::Incomplete
+        );
+        assert_eq!(
+            parse_http_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", max),
+            HttpRequest::Metrics
+        );
+        assert_eq!(
+            parse_http_request(b"GET / HTTP/1.0\n\n", max),
+            HttpRequest::Metrics
+        );
+        assert_eq!(
+            parse_http_request(b"GET /x HTTP/1.0\r\n\r\n", max),
+            HttpRequest::NotFound
+        );
         assert_eq!(parse_http_request(b"\r\n\r\n", max), HttpRequest::Bad);
         assert_eq!(parse_http_request(&vec![b'a'; max], max), HttpRequest::Bad);
         let r = http_response("200 OK", "abc");

@@ -1,0 +1,606 @@
+//! The relay as a server: real sockets on 127.0.0.1, raw protocol clients
+//! (`tests/support`), the in-process relay (`spawn_relay`) and the real
+//! binary as a child process (SIGKILL and restart, memory of a relay with a
+//! client that never reads, SIGTERM). Every wait is bounded by a read
+//! timeout; nothing asserts on timing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    reason = "test harness: a failed step is a failed test"
+)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hermes::relay::{ServerConfig, spawn_relay};
+use hermes::wire::{ErrorCode, Frame, FrameKind};
+use support::{Got, RawClient, User, is_message, mid};
+
+fn test_config() -> ServerConfig {
+    let mut c = ServerConfig::ephemeral();
+    c.core.registrations_per_minute = 1_000_000;
+    c.max_frames_per_sec = 1_000_000;
+    c
+}
+
+#[test]
+fn login_fanout_offline_delivery_and_ack() {
+    let relay = spawn_relay(test_config()).unwrap();
+    let addr = relay.addr();
+    let (alice, bob, carol) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("carol", 3),
+    );
+    let mut a = RawClient::register(addr, &alice);
+    let mut b = RawClient::register(addr, &bob);
+    drop(RawClient::register(addr, &carol)); // carol is offline from now on
+    let gid = [7; 16];
+    a.create_group(&alice, &[&alice, &bob, &carol], gid);
+
+    for i in 0..5 {
+        a.group_send(gid, mid(1, i), format!("m{i}").as_bytes());
+    }
+    // Five stored receipts, in order.
+    let receipts: Vec<_> = (0..5)
+        .map(|_| {
+            a.recv_until(|g| matches!(g, Got::Receipt { .. }))
+                .pop()
+                .unwrap()
+        })
+        .collect();
+    for (i, r) in receipts.iter().enumerate() {
+        assert!(matches!(r, Got::Receipt { message_id, .. } if *message_id == mid(1, i as u32)));
+    }
+    // Bob (online) gets them pushed, in order, from alice.
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let g = b.recv().unwrap();
+        if is_message(&g) {
+            got.push(g);
+        }
+    }
+    let texts: Vec<Vec<u8>> = got
+        .iter()
+        .map(|g| match g {
+            Got::Deliver {
+                ciphertext, sender, ..
+            } => {
+                assert_eq!(sender, "alice");
+                ciphertext.clone()
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        (0..5)
+            .map(|i| format!("m{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    let seq_of = |g: &Got| match g {
+        Got::Deliver { seq, .. } => *seq,
+        _ => unreachable!(),
+    };
+    // Bob acks the first three and reconnects: resumes after them.
+    let third = seq_of(&got[2]);
+    b.send(&Frame::Ack { up_to: third });
+    b.send(&Frame::Ping { nonce: 9 });
+    b.recv_until(|g| matches!(g, Got::Pong { nonce: 9 }));
+    drop(b);
+    let (mut b2, acked) = RawClient::login(addr, &bob);
+    assert_eq!(acked, third);
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        let g = b2.recv().unwrap();
+        if is_message(&g) {
+            again.push(seq_of(&g));
+        }
+    }
+    assert_eq!(again, vec![seq_of(&got[3]), seq_of(&got[4])]);
+
+    // Carol logs in later: the commit, then all five.
+    let (mut c, acked) = RawClient::login(addr, &carol);
+    assert_eq!(acked, 0);
+    let first = c.recv().unwrap();
+    assert!(
+        matches!(
+            first,
+            Got::Deliver {
+                kind: hermes::wire::EntryKind::Commit,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    let mut n = 0;
+    while n < 5 {
+        if is_message(&c.recv().unwrap()) {
+            n += 1;
+        }
+    }
+    relay.join().unwrap();
+}
+
+#[test]
+fn thousand_concurrent_connections_exchange_messages() {
+    const GROUPS: usize = 100;
+    const PER_GROUP: usize = 10;
+    let relay = spawn_relay(test_config()).unwrap();
+    let addr = relay.addr();
+    let users: Vec<User> = (0..GROUPS * PER_GROUP)
+        .map(|i| User::new(&format!("u{i}"), i as u64))
+        .collect();
+    let mut clients: Vec<RawClient> = users.iter().map(|u| RawClient::register(addr, u)).collect();
+    for g in 0..GROUPS {
+        let members: Vec<&User> = users[g * PER_GROUP..(g + 1) * PER_GROUP].iter().collect();
+        let mut gid = [0u8; 16];
+        gid[..8].copy_from_slice(&(g as u64).to_be_bytes());
+        clients[g * PER_GROUP].create_group(members[0], &members, gid);
+    }
+    // Everyone sends one message to its group (all 1,000 connections open).
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut gid = [0u8; 16];
+        gid[..8].copy_from_slice(&((i / PER_GROUP) as u64).to_be_bytes());
+        c.group_send(gid, mid(i as u32, 0), format!("from u{i}").as_bytes());
+    }
+    // Everyone receives the other nine members' messages.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut senders = BTreeSet::new();
+        while senders.len() < PER_GROUP - 1 {
+            match c.recv().unwrap() {
+                Got::Deliver {
+                    kind: hermes::wire::EntryKind::GroupMessage,
+                    sender,
+                    ciphertext,
+                    ..
+                } => {
+                    assert_eq!(ciphertext, format!("from {sender}").into_bytes());
+                    assert!(senders.insert(sender));
+                }
+                Got::Error { code, .. } => panic!("u{i}: error {code}"),
+                _ => {}
+            }
+        }
+        assert!(!senders.contains(&format!("u{i}")));
+    }
+    relay.join().unwrap();
+}
+
+#[test]
+fn malformed_input_gets_error_and_close_while_others_chat() {
+    let relay = spawn_relay(test_config()).unwrap();
+    let addr = relay.addr();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut a = RawClient::register(addr, &alice);
+    let mut b = RawClient::register(addr, &bob);
+    let gid = [9; 16];
+    a.create_group(&alice, &[&alice, &bob], gid);
+    let mut n = 0u32;
+    let mut chat = |a: &mut RawClient, b: &mut RawClient| {
+        a.group_send(gid, mid(1, n), b"still here");
+        loop {
+            if let Got::Deliver { message_id, .. } = b.recv().unwrap()
+                && message_id == mid(1, n)
+            {
+                break;
+            }
+        }
+        n += 1;
+    };
+    chat(&mut a, &mut b);
+
+    // Each bad input: an error frame with the right code, then the relay
+    // closes (EOF), and alice and bob carry on.
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |len: usize| {
+        (0..len)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let mut garbage = random(512);
+    garbage[0] = 0xa5; // the length prefix announces gigabytes
+    let mut bad_version = vec![0, 0, 0, 100];
+    bad_version.extend(random(100));
+    bad_version[4] = 0xf0; // unknown version byte
+    let truncated_ping = {
+        // A ping frame whose body is 3 of its 8 bytes.
+        let mut f = vec![0, 0, 0, 5, 1, FrameKind::Ping as u8];
+        f.extend([1, 2, 3]);
+        f
+    };
+    let unknown_kind = vec![0, 0, 0, 2, 1, 0x7f];
+    let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        ("random bytes", garbage, ErrorCode::FrameTooLarge),
+        (
+            "absurd length",
+            vec![0xff, 0xff, 0xff, 0xff, 1, 0x2b],
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "random body, bad version",
+            bad_version,
+            ErrorCode::UnknownVersion,
+        ),
+        ("truncated frame", truncated_ping, ErrorCode::Malformed),
+        ("unknown kind", unknown_kind, ErrorCode::UnknownKind),
+        ("too short", vec![0, 0, 0, 1, 1], ErrorCode::Malformed),
+    ];
+    for (what, bytes, code) in cases {
+        let mut bad = RawClient::connect(addr);
+        bad.send_raw(&bytes).unwrap();
+        let got = bad.recv();
+        assert_eq!(
+            got.as_ref().and_then(Got::error_code),
+            Some(code),
+            "{what}: {got:?}"
+        );
+        assert_eq!(bad.recv(), None, "{what}: the relay must close");
+        chat(&mut a, &mut b);
+    }
+
+    // A relay-to-client kind, and a request before login: refused with an
+    // error, the connection stays usable (the stream is still in sync).
+    let mut wrong = RawClient::connect(addr);
+    wrong.send(&Frame::Pong { nonce: 1 });
+    assert_eq!(
+        wrong.recv().as_ref().and_then(Got::error_code),
+        Some(ErrorCode::UnexpectedFrame)
+    );
+    wrong.send(&Frame::ListGroups);
+    assert_eq!(
+        wrong.recv().as_ref().and_then(Got::error_code),
+        Some(ErrorCode::NotAuthenticated)
+    );
+    wrong.send(&Frame::Ping { nonce: 5 });
+    assert_eq!(wrong.recv(), Some(Got::Pong { nonce: 5 }));
+
+    // A frame split across many writes (one byte at a time) still works.
+    let bytes = Frame::Ping { nonce: 77 }.to_vec();
+    for byte in &bytes {
+        wrong.send_raw(std::slice::from_ref(byte)).unwrap();
+        wrong.stream.flush().unwrap();
+    }
+    assert_eq!(wrong.recv(), Some(Got::Pong { nonce: 77 }));
+    chat(&mut a, &mut b);
+    relay.join().unwrap();
+}
+
+#[test]
+fn handshake_timeout_closes_connections_that_never_log_in() {
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_millis(200);
+    let relay = spawn_relay(config).unwrap();
+    let mut idle = RawClient::connect(relay.addr());
+    // Pings do not extend the handshake.
+    idle.send(&Frame::Ping { nonce: 1 });
+    assert_eq!(idle.recv(), Some(Got::Pong { nonce: 1 }));
+    let got = idle.recv();
+    assert_eq!(
+        got.as_ref().and_then(Got::error_code),
+        Some(ErrorCode::NotAuthenticated),
+        "{got:?}"
+    );
+    assert_eq!(idle.recv(), None);
+    // A client that logs in in time is not affected.
+    let alice = User::new("alice", 1);
+    let mut a = RawClient::register(relay.addr(), &alice);
+    std::thread::sleep(Duration::from_millis(400));
+    a.send(&Frame::Ping { nonce: 2 });
+    assert_eq!(a.recv(), Some(Got::Pong { nonce: 2 }));
+    relay.join().unwrap();
+}
+
+#[test]
+fn max_connections_gates_accepts_until_a_slot_frees() {
+    let mut config = test_config();
+    config.max_connections = Some(2);
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let first = RawClient::connect(addr);
+    let _second = RawClient::connect(addr);
+    // The third connects (kernel backlog) but gets no hello while full.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    let r = third.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "{r:?}"
+    );
+    // A slot frees: the waiting connection is accepted and greeted.
+    drop(first);
+    third.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    third.read_exact(&mut buf).unwrap();
+    assert!(u32::from_be_bytes(buf) > 2);
+    relay.join().unwrap();
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text_from_the_loop() {
+    let mut config = test_config();
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = spawn_relay(config).unwrap();
+    let alice = User::new("alice", 1);
+    let mut a = RawClient::register(relay.addr(), &alice);
+    a.send(&Frame::Ping { nonce: 3 });
+    assert_eq!(a.recv(), Some(Got::Pong { nonce: 3 }));
+    let body = http_get(relay.metrics_addr().unwrap(), "/metrics");
+    assert!(body.starts_with("HTTP/1.0 200 OK\r\n"), "{body}");
+    assert!(body.contains("hermes_logins_total 1\n"), "{body}");
+    assert!(body.contains("hermes_connections_open 1\n"), "{body}");
+    assert!(
+        body.contains("hermes_frames_received_total{kind=\"Ping\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("hermes_frames_received_total{kind=\"Register\"} 1\n"),
+        "{body}"
+    );
+    assert!(http_get(relay.metrics_addr().unwrap(), "/nope").starts_with("HTTP/1.0 404"));
+    relay.join().unwrap();
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The real binary as a child process.
+// ---------------------------------------------------------------------------
+
+struct ChildRelay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildRelay {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hermes"))
+            .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--max-registrations-per-sec",
+                "100000",
+                "--max-frames-per-sec",
+                "1000000",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(support::READ_TIMEOUT)
+            .expect("relay logs its address");
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Anonymous resident memory (heap, stacks) in KiB: the memory-mapped
+    /// mailbox is file-backed and not counted.
+    fn rss_anon_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for ChildRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart_delivers_every_receipted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = ChildRelay::start(dir.path(), &[]);
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut a = RawClient::register(relay.addr, &alice);
+    drop(RawClient::register(relay.addr, &bob)); // bob reads after the restart
+    let gid = [3; 16];
+    a.create_group(&alice, &[&alice, &bob], gid);
+
+    // A writer thread streams sends; this thread reads receipts and kills
+    // the relay after the 200th, while sends are still in flight.
+    let mut writer = a.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0u32;
+        for i in 0..100_000u32 {
+            let f = Frame::GroupSend {
+                group_id: gid,
+                epoch: 0,
+                message_id: mid(1, i),
+                ciphertext: format!("msg {i}").as_bytes(),
+            }
+            .to_vec();
+            if writer.write_all(&f).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut receipted = BTreeSet::new();
+    loop {
+        match a.recv() {
+            Some(Got::Receipt { message_id, .. }) => {
+                receipted.insert(message_id);
+                if receipted.len() == 200 {
+                    relay.child.kill().unwrap(); // SIGKILL
+                    relay.child.wait().unwrap();
+                }
+            }
+            Some(Got::Deliver { .. }) => {} // the group's own commit
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break,
+        }
+    }
+    let sent = sender.join().unwrap();
+    assert!(
+        receipted.len() >= 200,
+        "receipts before the kill: {}",
+        receipted.len()
+    );
+    assert!((sent as usize) > receipted.len() || sent == 100_000);
+
+    // Restart on the same data dir: every receipted message reaches bob.
+    let relay2 = ChildRelay::start(dir.path(), &[]);
+    let (mut b, _) = RawClient::login(relay2.addr, &bob);
+    let mut missing = receipted.clone();
+    let mut seen = BTreeSet::new();
+    while !missing.is_empty() {
+        if let Got::Deliver {
+            kind: hermes::wire::EntryKind::GroupMessage,
+            message_id,
+            ciphertext,
+            ..
+        } = b
+            .recv()
+            .expect("relay closed before delivering every receipted message")
+        {
+            let n = u32::from_be_bytes(message_id[4..8].try_into().unwrap());
+            assert_eq!(ciphertext, format!("msg {n}").into_bytes());
+            assert!(seen.insert(message_id), "delivered twice");
+            missing.remove(&message_id);
+        }
+    }
+    drop(relay2);
+}
+
+#[test]
+fn a_client_that_never_reads_keeps_relay_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = ChildRelay::start(dir.path(), &[]);
+    let (alice, bob, lazy) = (
+        User::new("alice", 1),
+        User::new("bob", 2),
+        User::new("lazy", 3),
+    );
+    let mut a = RawClient::register(relay.addr, &alice);
+    let mut b = RawClient::register(relay.addr, &bob);
+    let l = RawClient::register(relay.addr, &lazy);
+    let gid = [4; 16];
+    a.create_group(&alice, &[&alice, &bob, &lazy], gid);
+    let payload = vec![0x5a; 8 * 1024];
+    let round = |a: &mut RawClient, b: &mut RawClient, from: u32, count: u32| {
+        for i in from..from + count {
+            a.group_send(gid, mid(1, i), &payload);
+        }
+        let mut n = 0;
+        while n < count {
+            if is_message(&b.recv().unwrap()) {
+                n += 1;
+            }
+        }
+        let mut r = 0;
+        while r < count {
+            if matches!(a.recv().unwrap(), Got::Receipt { .. }) {
+                r += 1;
+            }
+        }
+    };
+    // Warm up (buffers, maps), then measure while 30 MiB pile up for lazy.
+    round(&mut a, &mut b, 0, 256);
+    let before = relay.rss_anon_kib();
+    for k in 1..16 {
+        round(&mut a, &mut b, k * 256, 256);
+    }
+    let after = relay.rss_anon_kib();
+    // Lazy's socket buffers fill up (a few MiB at most, in the kernel);
+    // the relay holds at most RELAY_OUTPUT_BOUND for it and reads the rest
+    // from the mailbox later. Without the bound it would hold ~30 MiB.
+    let growth = after.saturating_sub(before);
+    eprintln!("relay RssAnon before {before} KiB, after {after} KiB, growth {growth} KiB");
+    assert!(
+        growth < 16 * 1024,
+        "relay heap grew by {growth} KiB (before {before}, after {after})"
+    );
+    // Bob kept chatting the whole time; lazy's connection is still open.
+    b.send(&Frame::Ping { nonce: 1 });
+    assert_eq!(
+        b.recv_until(|g| matches!(g, Got::Pong { .. })).pop(),
+        Some(Got::Pong { nonce: 1 })
+    );
+    drop(l);
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = ChildRelay::start(dir.path(), &[]);
+    let alice = User::new("alice", 1);
+    let mut a = RawClient::register(relay.addr, &alice);
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = relay.child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    // The relay closed the connection on its way out.
+    assert_eq!(a.recv(), None);
+    // The data dir is reusable (lock released) and the identity is kept.
+    let relay2 = ChildRelay::start(dir.path(), &[]);
+    let c = RawClient::connect(relay2.addr);
+    assert_eq!(c.relay_key, a.relay_key);
+    let (_, acked) = RawClient::login(relay2.addr, &alice);
+    assert_eq!(acked, 0);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join(hermes::relay::event_loop::IDENTITY_FILE))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
