@@ -604,3 +604,143 @@ fn sigterm_flushes_and_exits_zero() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn an_idle_logged_in_connection_costs_well_under_a_kibibyte() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = ChildRelay::start(dir.path(), &[]);
+    let users: Vec<User> = (0..N)
+        .map(|i| User::new(&format!("idle{i}"), i as u64))
+        .collect();
+    // Accounts first: their state is per user, not per connection. The
+    // growth measured below includes the connection tables' own growth
+    // (slab, core session map), so it is the cold cost.
+    for u in &users {
+        drop(RawClient::register(relay.addr, u));
+    }
+    // Let the relay see the closes.
+    let mut probe = RawClient::login(relay.addr, &users[0]).0;
+    probe.send(&Frame::Ping { nonce: 1 });
+    assert_eq!(probe.recv(), Some(Got::Pong { nonce: 1 }));
+    let before = relay.rss_anon_kib();
+    let idle: Vec<RawClient> = users
+        .iter()
+        .map(|u| RawClient::login(relay.addr, u).0)
+        .collect();
+    probe.send(&Frame::Ping { nonce: 2 });
+    assert_eq!(probe.recv(), Some(Got::Pong { nonce: 2 }));
+    let after = relay.rss_anon_kib();
+    let per_conn = after.saturating_sub(before) * 1024 / N as u64;
+    eprintln!(
+        "relay RssAnon {before} KiB -> {after} KiB with {N} idle logged-in connections: {per_conn} B each"
+    );
+    assert!(per_conn < 1024, "{per_conn} bytes per idle connection");
+    drop(idle);
+}
+
+#[test]
+fn frames_over_the_per_connection_rate_wait_and_are_not_dropped() {
+    let mut config = test_config();
+    config.max_frames_per_sec = 50;
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = spawn_relay(config).unwrap();
+    let mut c = RawClient::connect(relay.addr());
+    // 120 pings in one write: more than the 50-frame burst.
+    let mut burst = Vec::new();
+    for nonce in 0..120 {
+        Frame::Ping { nonce }.encode(&mut burst);
+    }
+    c.send_raw(&burst).unwrap();
+    for nonce in 0..120 {
+        assert_eq!(c.recv(), Some(Got::Pong { nonce }));
+    }
+    let body = http_get(relay.metrics_addr().unwrap(), "/metrics");
+    let throttled: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("hermes_throttled_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(throttled > 0, "{body}");
+    relay.join().unwrap();
+}
+
+#[test]
+fn a_maximal_frame_crosses_read_buffer_budget_and_output_bound() {
+    // One ciphertext larger than RELAY_READ_CHUNK, RELAY_READ_BUDGET_PER_PASS
+    // and RELAY_OUTPUT_BOUND: read over several passes, written whole.
+    use hermes::limits::{RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK};
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(
+        big.len() > RELAY_READ_CHUNK
+            && big.len() > RELAY_READ_BUDGET_PER_PASS
+            && big.len() > RELAY_OUTPUT_BOUND
+    );
+    let relay = spawn_relay(test_config()).unwrap();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut a = RawClient::register(relay.addr(), &alice);
+    let mut b = RawClient::register(relay.addr(), &bob);
+    let gid = [5; 16];
+    a.create_group(&alice, &[&alice, &bob], gid);
+    for i in 0..3 {
+        a.group_send(gid, mid(1, i), &big);
+    }
+    for _ in 0..3 {
+        a.recv_until(|g| matches!(g, Got::Receipt { .. }));
+    }
+    let mut n = 0;
+    while n < 3 {
+        if let Got::Deliver {
+            kind: hermes::wire::EntryKind::GroupMessage,
+            ciphertext,
+            ..
+        } = b.recv().unwrap()
+        {
+            assert!(ciphertext == big, "ciphertext {n} altered");
+            n += 1;
+        }
+    }
+    // One byte over the configured maximum: refused with FrameTooLarge.
+    let mut over = RawClient::connect(relay.addr());
+    let len = u32::try_from(hermes::limits::MAX_FRAME_LEN + 1).unwrap();
+    over.send_raw(&len.to_be_bytes()).unwrap();
+    assert_eq!(
+        over.recv().as_ref().and_then(Got::error_code),
+        Some(ErrorCode::FrameTooLarge)
+    );
+    relay.join().unwrap();
+}
+
+#[test]
+fn fsync_always_receipts_come_through_the_waker() {
+    // Receipts are held until the sync thread's msync covers the record
+    // and wakes the loop; without the waker path they would never arrive.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral_in(dir.path());
+    config.fsync = hermes::mailbox::FsyncPolicy::Always;
+    config.core.registrations_per_minute = 1_000_000;
+    let relay = spawn_relay(config).unwrap();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut a = RawClient::register(relay.addr(), &alice);
+    let mut b = RawClient::register(relay.addr(), &bob);
+    let gid = [6; 16];
+    a.create_group(&alice, &[&alice, &bob], gid);
+    for i in 0..50 {
+        a.group_send(gid, mid(1, i), b"durable");
+    }
+    let mut receipts = BTreeSet::new();
+    while receipts.len() < 50 {
+        if let Got::Receipt { message_id, .. } = a.recv().unwrap() {
+            receipts.insert(message_id);
+        }
+    }
+    assert_eq!(receipts, (0..50).map(|i| mid(1, i)).collect());
+    let mut n = 0;
+    while n < 50 {
+        if is_message(&b.recv().unwrap()) {
+            n += 1;
+        }
+    }
+    relay.join().unwrap();
+}

@@ -646,6 +646,7 @@ impl<S: Store> Server<S> {
         let mut events = Events::with_capacity(RELAY_EVENTS_PER_POLL);
         loop {
             let timeout = self.next_timeout(Instant::now());
+            self.metrics.poll_calls += 1;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -1179,6 +1180,7 @@ impl<S: Store> Server<S> {
             } else {
                 Interest::READABLE
             };
+            self.metrics.reregister_calls += 1;
             match self
                 .poll
                 .registry()
@@ -1403,4 +1405,76 @@ fn feed<S: Store>(
         unix_ms,
     );
     (used, frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_key_is_created_0600_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_identity(dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = load_or_create_identity(dir.path()).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        std::fs::write(&path, [1u8; 31]).unwrap();
+        assert!(matches!(
+            load_or_create_identity(dir.path()),
+            Err(ServerError::BadIdentity(_))
+        ));
+    }
+
+    #[test]
+    fn loop_limits_are_consistent() {
+        // The reserve covers the loop's own descriptors: listener, metrics
+        // listener and its clients, epoll, waker, signal pipe, data lock.
+        const { assert!(RELAY_FD_RESERVE >= 8 + RELAY_METRICS_MAX_CLIENTS) };
+        // A read pass can take at least one whole buffer.
+        const { assert!(RELAY_READ_BUDGET_PER_PASS >= RELAY_READ_CHUNK) };
+        // The output bound holds many small deliveries per write.
+        const { assert!(RELAY_OUTPUT_BOUND >= 64 * 1024) };
+        const { assert!(RELAY_LISTEN_BACKLOG >= 1024) };
+        const { assert!(RELAY_ACCEPTS_PER_PASS > 0 && RELAY_EVENTS_PER_POLL >= RELAY_ACCEPTS_PER_PASS) };
+        const { assert!(RELAY_DEFAULT_FRAMES_PER_SEC > 0) };
+        assert!(RELAY_THROTTLE_RECHECK < Duration::from_secs(1));
+        assert!(RELAY_HANDSHAKE_TIMEOUT < crate::limits::RELAY_IDLE_TIMEOUT);
+        assert!(RELAY_CLOSE_LINGER <= RELAY_SHUTDOWN_GRACE);
+        assert!(RELAY_METRICS_TIMEOUT < RELAY_SUMMARY_INTERVAL);
+        const { assert!(RELAY_METRICS_MAX_REQUEST >= 1024) };
+    }
+
+    #[test]
+    fn default_config_is_the_documented_command_line() {
+        let c = ServerConfig::default();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new(DEFAULT_DATA_DIR)));
+        assert_eq!(c.fsync, FsyncPolicy::Batch);
+        assert_eq!(c.core.max_frame, crate::limits::MAX_FRAME_LEN);
+        let e = ServerConfig::ephemeral();
+        assert_eq!(e.listen.port(), 0);
+        assert!(e.data_dir.is_none());
+    }
+
+    #[test]
+    fn shutdown_and_drop_stop_the_thread() {
+        let relay = spawn_relay(ServerConfig::ephemeral()).unwrap();
+        let addr = relay.addr();
+        relay.shutdown();
+        relay.join().unwrap();
+        assert!(std::net::TcpStream::connect(addr).is_err());
+        let again = spawn_relay(ServerConfig::ephemeral()).unwrap();
+        drop(again);
+    }
+
+    #[test]
+    fn a_busy_address_is_a_bind_error() {
+        let relay = spawn_relay(ServerConfig::ephemeral()).unwrap();
+        let mut c = ServerConfig::ephemeral();
+        c.listen = relay.addr();
+        assert!(matches!(spawn_relay(c), Err(ServerError::Bind { .. })));
+    }
 }

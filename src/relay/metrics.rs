@@ -47,6 +47,10 @@ pub struct Metrics {
     pub read_calls: u64,
     /// `write` calls on client sockets.
     pub write_calls: u64,
+    /// `epoll_wait` calls (loop passes).
+    pub poll_calls: u64,
+    /// `epoll_ctl` calls to change a connection's interest.
+    pub reregister_calls: u64,
     /// Times a connection hit its frames-per-second limit.
     pub throttled: u64,
     /// Times a connection's output bound held deliveries in its mailbox.
@@ -68,6 +72,8 @@ impl Default for Metrics {
             bytes_out: 0,
             read_calls: 0,
             write_calls: 0,
+            poll_calls: 0,
+            reregister_calls: 0,
             throttled: 0,
             output_bound_hits: 0,
             errors: BTreeMap::new(),
@@ -201,6 +207,18 @@ impl Metrics {
             "write(2) calls on client sockets.",
             "counter",
             self.write_calls,
+        );
+        counter(
+            "poll_calls_total",
+            "epoll_wait calls (loop passes).",
+            "counter",
+            self.poll_calls,
+        );
+        counter(
+            "reregister_calls_total",
+            "epoll_ctl calls changing write interest.",
+            "counter",
+            self.reregister_calls,
         );
         counter(
             "throttled_total",
