@@ -52,6 +52,8 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Interactive chat: /help lists the commands.
+    Chat(ClientArgs),
     /// Show the safety number with USER, to compare out of band.
     Fingerprint {
         /// The other user.
@@ -284,6 +286,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             std::time::Duration::from_secs_f64(wait.clamp(0.0, 1e6)),
             json,
         ),
+        Some(Command::Chat(c)) => crate::client::chat::run(&c.to_options()),
         Some(Command::Fingerprint { user, client }) => {
             crate::client::commands::fingerprint(&client.to_options(), &user)
         }

@@ -310,3 +310,11 @@ pub const CLIENT_PROGRESS_MIN_PEERS: usize = 20;
 /// How long `recv` keeps listening after the last frame before it decides
 /// the backlog is drained (loopback and LAN relays flush far faster).
 pub const CLIENT_RECV_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How often an interactive client pings a quiet connection (well inside
+/// the relay's idle timeout, `RELAY_IDLE_TIMEOUT`).
+pub const CLIENT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long `hermes chat` waits for relay pushes between looks at the
+/// keyboard: the worst-case delay before a typed line is sent.
+pub const CLIENT_CHAT_TICK: std::time::Duration = std::time::Duration::from_millis(50);

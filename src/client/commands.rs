@@ -113,6 +113,20 @@ fn passphrase(src: &PassphraseSource, confirm: bool) -> CmdResult<Zeroizing<Stri
     Ok(p)
 }
 
+/// The passphrase of `o` (file, environment or prompt).
+///
+/// # Errors
+/// Unreadable file, no terminal, empty passphrase.
+pub fn passphrase_for(o: &CommonOptions) -> CmdResult<Zeroizing<String>> {
+    passphrase(&o.passphrase, false)
+}
+
+/// The client configuration of `o`.
+#[must_use]
+pub fn config_for(o: &CommonOptions) -> ClientConfig {
+    config(o)
+}
+
 fn config(o: &CommonOptions) -> ClientConfig {
     let mut c = ClientConfig::new(&o.server, &o.user, o.state_root.clone());
     c.kdf = o.kdf;

@@ -7,6 +7,7 @@
 //!                └── state::Unlocked::transact ◄────────────┘ ClientState
 //! ```
 
+pub mod chat;
 pub mod commands;
 pub mod net;
 pub mod session;

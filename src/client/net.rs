@@ -29,7 +29,7 @@ use super::state::{ClientState, InboxEntry, KdfCost, StateDir, StateError, Unloc
 use crate::crypto::identity::IdentityKeyPair;
 use crate::limits::{
     CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_CONNECT_ATTEMPTS, CLIENT_IO_TIMEOUT,
-    MAX_FRAME_LEN,
+    CLIENT_PING_INTERVAL, MAX_FRAME_LEN,
 };
 use crate::membership::Commit;
 use crate::wire::{DecodeError, ErrorCode, Frame, FrameKind, GroupId, MessageId, split_frame};
@@ -184,6 +184,7 @@ pub struct Client<R: CryptoRng> {
     conn: Option<Conn>,
     pushes: VecDeque<Vec<u8>>,
     ping_nonce: u64,
+    last_ping: Instant,
 }
 
 impl<R: CryptoRng> std::fmt::Debug for Client<R> {
@@ -240,6 +241,7 @@ impl<R: CryptoRng> Client<R> {
             conn: Some(c),
             pushes: VecDeque::new(),
             ping_nonce: 0,
+            last_ping: Instant::now(),
         })
     }
 
@@ -260,6 +262,7 @@ impl<R: CryptoRng> Client<R> {
             conn: None,
             pushes: VecDeque::new(),
             ping_nonce: 0,
+            last_ping: Instant::now(),
         })
     }
 
@@ -554,6 +557,36 @@ impl<R: CryptoRng> Client<R> {
             }
         }
         handled += self.pump()?;
+        Ok(handled)
+    }
+
+    /// Waits up to `timeout` for pushes (no ping), handles what arrived,
+    /// and pings the relay when the connection was quiet for
+    /// [`CLIENT_PING_INTERVAL`] (the relay closes silent connections).
+    /// Returns the number of entries handled. For interactive use: call it
+    /// in a loop between reading user input.
+    ///
+    /// # Errors
+    /// Connection and state errors (the caller reconnects with backoff).
+    pub fn poll(&mut self, timeout: Duration) -> Result<usize, ClientError> {
+        self.ensure_connected()?;
+        if self.last_ping.elapsed() >= CLIENT_PING_INTERVAL {
+            self.ping_nonce += 1;
+            let nonce = self.ping_nonce;
+            self.send_raw(&Frame::Ping { nonce }.to_vec())?;
+            self.last_ping = Instant::now();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut handled = 0;
+        while let Some(raw) = self.read_one(deadline)? {
+            if matches!(
+                frame_kind_of(&raw),
+                Some(FrameKind::Deliver | FrameKind::GapNotice)
+            ) {
+                self.pushes.push_back(raw);
+                handled += self.pump()?;
+            }
+        }
         Ok(handled)
     }
 

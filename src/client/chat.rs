@@ -1,0 +1,347 @@
+//! `hermes chat`: the interactive terminal client.
+//!
+//! A thread reads stdin lines into a channel; the main thread alternates
+//! between [`Client::poll`] (relay pushes, at most
+//! [`CLIENT_CHAT_TICK`] at a time) and the typed lines, so incoming
+//! messages appear while the user types. A broken connection is retried
+//! with backoff; lines typed meanwhile wait in a queue and are sent,
+//! encrypted, once the client is connected and its keys are out.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRng;
+
+use super::commands::{CmdResult, CommonOptions};
+use super::net::{Client, ClientError};
+use super::session::{Change, list_groups};
+use super::state::InboxEntry;
+use crate::limits::{CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_CHAT_TICK};
+
+const HELP: &str = "\
+commands:
+  /create NAME [USER ...]   create a group (you are its admin) and switch to it
+  /add USER ...             add users to the current group (admin)
+  /remove USER ...          remove members from the current group (admin)
+  /leave                    leave the current group
+  /groups                   list your groups
+  /members                  list the current group's members
+  /switch GROUP             talk in another group
+  /fingerprint USER         the safety number to compare with USER
+  /help                     this text
+  /quit                     leave the chat
+anything else is sent to the current group";
+
+/// One line to show for an inbox entry: `name: text` in the current
+/// group, `[group] name: text` elsewhere, notices as they are.
+#[must_use]
+pub fn chat_line(e: &InboxEntry, current: Option<&str>) -> String {
+    let here = current == Some(e.group_name.as_str());
+    match (e.notice, here || e.group_name.is_empty()) {
+        (true, _) => e.text.clone(),
+        (false, true) => format!("{}: {}", e.sender, e.text),
+        (false, false) => format!("[{}] {}: {}", e.group_name, e.sender, e.text),
+    }
+}
+
+enum Input {
+    Line(String),
+    Eof,
+}
+
+struct Chat<R: CryptoRng> {
+    client: Client<R>,
+    current: Option<String>,
+    queue: VecDeque<(String, String)>,
+    out: std::io::Stdout,
+}
+
+impl<R: CryptoRng> Chat<R> {
+    fn say(&mut self, line: &str) {
+        let mut o = self.out.lock();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    }
+
+    fn show_inbox(&mut self) -> Result<(), ClientError> {
+        let (entries, dropped) = self.client.take_inbox()?;
+        if dropped > 0 {
+            self.say(&format!("({dropped} older lines were dropped: inbox full)"));
+        }
+        for e in entries {
+            let line = chat_line(&e, self.current.as_deref());
+            self.say(&line);
+        }
+        Ok(())
+    }
+
+    /// Sends queued lines; stops at the first connection failure.
+    fn flush_queue(&mut self) -> Result<(), ClientError> {
+        while let Some((group, text)) = self.queue.front().cloned() {
+            match self.client.send_text(&group, &text) {
+                Ok(_) => {
+                    self.queue.pop_front();
+                    let me = self.client.user().to_owned();
+                    let line = if self.current.as_deref() == Some(group.as_str()) {
+                        format!("{me}: {text}")
+                    } else {
+                        format!("[{group}] {me}: {text}")
+                    };
+                    self.say(&line);
+                }
+                Err(
+                    e
+                    @ (ClientError::Io(_) | ClientError::Connect { .. } | ClientError::Timeout(_)),
+                ) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Not a connection problem: this line cannot be sent.
+                    self.queue.pop_front();
+                    self.say(&format!("not sent: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_or_complain(&mut self) -> Option<String> {
+        if self.current.is_none() {
+            self.say("no current group: /create one or /switch to one (see /groups)");
+        }
+        self.current.clone()
+    }
+
+    /// Handles one typed line; false on /quit.
+    fn command(&mut self, line: &str) -> bool {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return true; // an empty line is never sent
+        }
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let args: Vec<String> = words.map(str::to_owned).collect();
+        let result: Result<(), ClientError> = match first {
+            "/quit" | "/exit" => return false,
+            "/help" => {
+                self.say(HELP);
+                Ok(())
+            }
+            "/create" => match args.split_first() {
+                Some((name, members)) => self.client.create_group(name, members).map(|_| {
+                    self.current = Some(name.clone());
+                    self.say(&format!("created {name}; now talking in {name}"));
+                }),
+                None => {
+                    self.say("usage: /create NAME [USER ...]");
+                    Ok(())
+                }
+            },
+            "/add" | "/remove" => {
+                if let Some(g) = self.current_or_complain() {
+                    let mut r = Ok(());
+                    for u in &args {
+                        let change = if first == "/add" {
+                            Change::Add(u.clone())
+                        } else {
+                            Change::Remove(u.clone())
+                        };
+                        r = self.client.change(&g, change);
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    r
+                } else {
+                    Ok(())
+                }
+            }
+            "/leave" => match self.current_or_complain() {
+                Some(g) => self.client.change(&g, Change::Leave).map(|()| {
+                    self.current = None;
+                }),
+                None => Ok(()),
+            },
+            "/groups" => self.client.state(list_groups).map(|gs| {
+                for g in gs {
+                    let mark = if self.current.as_deref() == Some(g.name.as_str()) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    let closed = g.closed.map(|w| format!(" ({w})")).unwrap_or_default();
+                    self.say(&format!("{mark} {} ({} members, admin {}){closed}", g.name, g.members.len(), g.admin));
+                }
+            }),
+            "/members" => match self.current_or_complain() {
+                Some(g) => self.client.state(list_groups).map(|gs| {
+                    if let Some(info) = gs.into_iter().find(|i| i.name == g) {
+                        for m in info.members {
+                            let admin = if m == info.admin { " (admin)" } else { "" };
+                            self.say(&format!("  {m}{admin}"));
+                        }
+                    }
+                }),
+                None => Ok(()),
+            },
+            "/switch" => match args.first() {
+                Some(g) => {
+                    let known = self.client.state(|st| super::session::resolve_group(st, g).is_ok());
+                    match known {
+                        Ok(true) => {
+                            self.current = Some(g.clone());
+                            self.say(&format!("now talking in {g}"));
+                            Ok(())
+                        }
+                        Ok(false) => {
+                            self.say(&format!("no group {g} (see /groups)"));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                None => {
+                    self.say("usage: /switch GROUP");
+                    Ok(())
+                }
+            },
+            "/fingerprint" => match args.first() {
+                Some(u) => self.client.fingerprint(u).map(|(n, changed)| {
+                    self.say(&format!("safety number with {u}: {n}"));
+                    if let Some(c) = changed {
+                        self.say(&format!("warning: {u} now shows another identity ({c}); check it, then `hermes trust {u}`"));
+                    }
+                }),
+                None => {
+                    self.say("usage: /fingerprint USER");
+                    Ok(())
+                }
+            },
+            _ if first.starts_with('/') => {
+                self.say(&format!("unknown command {first} (see /help)"));
+                Ok(())
+            }
+            _ => {
+                if let Some(g) = self.current_or_complain() {
+                    self.queue.push_back((g, line.to_owned()));
+                    self.flush_queue()
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.say(&format!("error: {e}"));
+        }
+        let _ = self.show_inbox();
+        true
+    }
+}
+
+/// Runs `hermes chat` until `/quit` or end of input.
+///
+/// # Errors
+/// Only start-up failures (state, passphrase); connection trouble is
+/// shown and retried.
+pub fn run(o: &CommonOptions) -> CmdResult {
+    let p = super::commands::passphrase_for(o)?;
+    let mut config = super::commands::config_for(o);
+    config.connect_attempts = 1;
+    let client = Client::open(config, p.as_bytes(), rand::rng())?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(Input::Line(l)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Input::Eof);
+    });
+    let mut chat = Chat {
+        client,
+        current: None,
+        queue: VecDeque::new(),
+        out: std::io::stdout(),
+    };
+    let groups = chat.client.state(list_groups)?;
+    chat.current = groups
+        .iter()
+        .find(|g| g.closed.is_none())
+        .map(|g| g.name.clone());
+    chat.say(&format!(
+        "hermes chat as {}{} — /help for commands",
+        chat.client.user(),
+        chat.current
+            .as_ref()
+            .map(|g| format!(", talking in {g}"))
+            .unwrap_or_default()
+    ));
+    let mut backoff = CLIENT_BACKOFF_MIN;
+    let mut retry_at: Option<Instant> = None;
+    let mut was_down = false;
+    let mut eof = false;
+    loop {
+        // 1. The relay.
+        if retry_at.is_none_or(|t| Instant::now() >= t) {
+            match chat.client.poll(CLIENT_CHAT_TICK) {
+                Ok(n) => {
+                    if was_down {
+                        chat.say("(reconnected)");
+                        was_down = false;
+                    }
+                    backoff = CLIENT_BACKOFF_MIN;
+                    retry_at = None;
+                    if n > 0 {
+                        let _ = chat.show_inbox();
+                    }
+                    if !chat.queue.is_empty() && chat.flush_queue().is_err() {
+                        chat.client.disconnect();
+                    }
+                }
+                Err(e) => {
+                    if !was_down {
+                        chat.say(&format!("(connection lost: {e}; retrying)"));
+                        was_down = true;
+                    }
+                    chat.client.disconnect();
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
+                }
+            }
+        } else {
+            std::thread::sleep(CLIENT_CHAT_TICK);
+        }
+        // 2. The keyboard.
+        loop {
+            match rx.try_recv() {
+                Ok(Input::Line(l)) => {
+                    if !chat.command(&l) {
+                        return Ok(());
+                    }
+                }
+                Ok(Input::Eof) => {
+                    eof = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if eof {
+            // Piped input ended: give queued lines a last chance, then stop.
+            if !chat.queue.is_empty() {
+                let _ = chat.flush_queue();
+            }
+            let _ = chat.client.poll(Duration::from_millis(200));
+            let _ = chat.show_inbox();
+            return Ok(());
+        }
+    }
+}
