@@ -744,3 +744,48 @@ fn fsync_always_receipts_come_through_the_waker() {
     }
     relay.join().unwrap();
 }
+
+#[test]
+fn idle_connections_are_closed_and_pings_keep_one_alive() {
+    let mut config = test_config();
+    config.core.idle_timeout = Duration::from_millis(300);
+    let relay = spawn_relay(config).unwrap();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut silent = RawClient::register(relay.addr(), &alice);
+    let mut pinger = RawClient::register(relay.addr(), &bob);
+    // Bob pings well within the timeout until alice has been closed.
+    let (tx, rx) = mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let closed = silent.recv();
+        tx.send(()).unwrap();
+        closed
+    });
+    let mut nonce = 0;
+    while rx.try_recv().is_err() {
+        pinger.send(&Frame::Ping { nonce });
+        assert_eq!(
+            pinger.recv(),
+            Some(Got::Pong { nonce }),
+            "the pinging client was closed"
+        );
+        nonce += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(watcher.join().unwrap(), None, "the silent client gets EOF");
+    pinger.send(&Frame::Ping { nonce: 999 });
+    assert_eq!(pinger.recv(), Some(Got::Pong { nonce: 999 }));
+    relay.join().unwrap();
+}
+
+#[test]
+fn a_client_that_half_closes_still_gets_its_answers() {
+    let relay = spawn_relay(test_config()).unwrap();
+    let mut c = RawClient::connect(relay.addr());
+    c.send(&Frame::Ping { nonce: 1 });
+    c.send(&Frame::Ping { nonce: 2 });
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.recv(), Some(Got::Pong { nonce: 1 }));
+    assert_eq!(c.recv(), Some(Got::Pong { nonce: 2 }));
+    assert_eq!(c.recv(), None);
+    relay.join().unwrap();
+}

@@ -937,7 +937,9 @@ impl<S: Store> Server<S> {
             self.metrics.read_calls += 1;
             match res {
                 Ok(0) => {
-                    kill(&mut self.dead, c, &mut self.metrics, None);
+                    // The peer finished sending: answer what it sent (the
+                    // replies may still be in the core), then close.
+                    self.begin_close(k, None, now);
                     return;
                 }
                 Ok(n) => {
@@ -1031,7 +1033,7 @@ impl<S: Store> Server<S> {
                 text: "no login within the handshake timeout",
             })
             .encode(&mut c.out);
-            self.begin_close(k, "handshake_timeout", now);
+            self.begin_close(k, Some("handshake_timeout"), now);
         }
         while let Some(&(deadline, k)) = self.lingers.front() {
             if deadline > now {
@@ -1043,7 +1045,7 @@ impl<S: Store> Server<S> {
             }
         }
         while let Some((id, reason)) = self.core.poll_close() {
-            self.begin_close(ConnKey::from_u64(id.0), &close_label(reason), now);
+            self.begin_close(ConnKey::from_u64(id.0), Some(&close_label(reason)), now);
         }
         if !self.http.is_empty() {
             let expired: Vec<usize> = self
@@ -1061,14 +1063,16 @@ impl<S: Store> Server<S> {
     /// Starts closing `k`: its pending output (the error frame) goes out,
     /// then its write side is shut down and its input drained, for at most
     /// [`RELAY_CLOSE_LINGER`].
-    fn begin_close(&mut self, k: ConnKey, reason: &str, now: Instant) {
+    fn begin_close(&mut self, k: ConnKey, reason: Option<&str>, now: Instant) {
         let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
             return;
         };
         if c.phase != Phase::Open {
             return;
         }
-        self.metrics.error(reason);
+        if let Some(reason) = reason {
+            self.metrics.error(reason);
+        }
         tracing::debug!(conn = k.as_u64(), reason, "closing connection");
         c.phase = Phase::Closing;
         c.inbuf = Vec::new();
@@ -1122,11 +1126,13 @@ impl<S: Store> Server<S> {
         }
         let id = core_id(k);
         let pending = c.pending_out();
+        let mut pulled = 0;
         if self.core.has_pending_output(id) {
             if pending < RELAY_OUTPUT_BOUND {
                 c.compact_output();
                 let start = c.out.len();
-                self.core
+                pulled = self
+                    .core
                     .poll_transmit(id, &mut c.out, RELAY_OUTPUT_BOUND - pending);
                 if !c.authenticated && c.sniffer.feed(c.out.get(start..).unwrap_or_default()) {
                     c.authenticated = true;
@@ -1169,7 +1175,10 @@ impl<S: Store> Server<S> {
                     c.read_queued = true;
                     self.to_read.push(k);
                 }
-            } else if self.core.has_pending_output(id) {
+            } else if pulled > 0 && self.core.has_pending_output(id) {
+                // The socket took everything and the core has more. (A
+                // pull that produced nothing is not retried at once: that
+                // would spin; the next readiness or core event retries.)
                 self.flush_again.push(k);
             }
             false
