@@ -789,3 +789,58 @@ fn a_client_that_half_closes_still_gets_its_answers() {
     assert_eq!(c.recv(), None);
     relay.join().unwrap();
 }
+
+#[test]
+fn relay_command_line_maps_to_the_config() {
+    use clap::Parser;
+    use hermes::cli::{Cli, Command};
+    let cli = Cli::try_parse_from([
+        "hermes",
+        "relay",
+        "--listen",
+        "127.0.0.1:4000",
+        "--data-dir",
+        "/tmp/x",
+        "--fsync",
+        "always",
+        "--max-frame-bytes",
+        "4096",
+        "--max-connections",
+        "7",
+        "--max-registrations-per-sec",
+        "5",
+        "--max-frames-per-sec",
+        "9",
+        "--metrics",
+        "127.0.0.1:9333",
+    ])
+    .unwrap();
+    let Some(Command::Relay(args)) = cli.command else {
+        panic!("not the relay command")
+    };
+    let c = args.to_config();
+    assert_eq!(c.listen, "127.0.0.1:4000".parse().unwrap());
+    assert_eq!(c.data_dir.as_deref(), Some(Path::new("/tmp/x")));
+    assert_eq!(c.fsync, hermes::mailbox::FsyncPolicy::Always);
+    assert_eq!(c.core.max_frame, 4096);
+    assert_eq!(c.max_connections, Some(7));
+    assert_eq!(c.core.registrations_per_minute, 300);
+    assert_eq!(c.max_frames_per_sec, 9);
+    assert_eq!(c.metrics, Some("127.0.0.1:9333".parse().unwrap()));
+    assert!(c.handle_signals);
+    // No flags: the documented defaults (unless the environment overrides).
+    if std::env::var_os("HERMES_LISTEN").is_none() && std::env::var_os("HERMES_DATA_DIR").is_none()
+    {
+        let Some(Command::Relay(args)) = Cli::try_parse_from(["hermes", "relay"]).unwrap().command
+        else {
+            panic!("not the relay command")
+        };
+        let c = args.to_config();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:33001");
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("./hermes-data")));
+        assert_eq!(c.fsync, hermes::mailbox::FsyncPolicy::Batch);
+        assert_eq!(c.core.max_frame, 1_048_576);
+        assert_eq!(c.max_connections, None);
+    }
+    assert!(Cli::try_parse_from(["hermes", "relay", "--fsync", "sometimes"]).is_err());
+}

@@ -56,7 +56,7 @@ use crate::limits::{
     RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK,
 };
 use crate::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store, StoreError};
-use crate::wire::{ErrorCode, ErrorFrame, Frame, split_frame};
+use crate::wire::{ErrorCode, ErrorFrame, Frame, LENGTH_PREFIX_LEN, split_frame};
 
 /// The relay's default listen address (the original's port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33001";
@@ -964,6 +964,7 @@ impl<S: Store> Server<S> {
                     } else {
                         c.inbuf.extend_from_slice(data);
                     }
+                    reserve_for_frame(&mut c.inbuf, max_frame);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1362,6 +1363,20 @@ impl<S: Store> Server<S> {
     }
 }
 
+/// Once a split frame's length prefix is in `inbuf`, reserves exactly the
+/// rest of that frame, so a large frame costs its own size rather than the
+/// next power of two.
+fn reserve_for_frame(inbuf: &mut Vec<u8>, max_frame: usize) {
+    let Some(prefix) = inbuf.first_chunk::<LENGTH_PREFIX_LEN>() else {
+        return;
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len <= max_frame {
+        let total = LENGTH_PREFIX_LEN + len;
+        inbuf.reserve_exact(total.saturating_sub(inbuf.len()));
+    }
+}
+
 /// Marks a connection gone; `reap` removes it after the event batch.
 fn kill(dead: &mut Vec<ConnKey>, c: &mut Conn, metrics: &mut Metrics, reason: Option<&str>) {
     if c.phase == Phase::Dead {
@@ -1477,6 +1492,18 @@ mod tests {
         assert!(std::net::TcpStream::connect(addr).is_err());
         let again = spawn_relay(ServerConfig::ephemeral()).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn a_split_frame_reserves_exactly_its_own_length() {
+        let mut buf = vec![0, 1, 0, 0, 1, 0x28, 7];
+        reserve_for_frame(&mut buf, crate::limits::MAX_FRAME_LEN);
+        assert!(buf.capacity() >= 4 + 0x1_0000);
+        assert!(buf.capacity() < 2 * (4 + 0x1_0000));
+        // An absurd length reserves nothing (the core refuses the frame).
+        let mut bad = vec![0xff, 0xff, 0xff, 0xff, 1];
+        reserve_for_frame(&mut bad, crate::limits::MAX_FRAME_LEN);
+        assert!(bad.capacity() < 64);
     }
 
     #[test]
