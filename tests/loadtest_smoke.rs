@@ -1,14 +1,10 @@
-//! Smoke test of the load-test swarm against a real Hermes relay core: the
+//! Smoke test of the load-test swarm against a real Hermes relay: the
 //! `hermes-loadtest` binary runs briefly (a few hundred connections, one or
-//! two seconds) against an in-process relay — `RelayCore` over a `MemStore`
-//! behind a minimal mio loop written here — and the test checks from the
-//! JSON report that every message sent was delivered exactly once to every
-//! other member and that the counts agree. No timing assertions.
-//!
-//! The loop below is deliberately minimal (no write batching limits, no
-//! accept gating): it stands in for `hermes relay` so the swarm's Hermes
-//! target is exercised end to end with the real wire protocol, accounts,
-//! groups, queues and acks.
+//! two seconds) against an in-process relay (`relay::spawn_relay`, the event
+//! loop of `hermes relay`, over the memory-mapped mailbox in a temp dir),
+//! and the test checks from the JSON report that every message sent was
+//! delivered exactly once to every other member and that the counts agree.
+//! No timing assertions.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,170 +14,20 @@
     reason = "test harness: a failed step is a failed test"
 )]
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hermes::crypto::identity::SigningKeyPair;
-use hermes::mailbox::MemStore;
-use hermes::relay::{ConnId, RelayConfig, RelayCore};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use hermes::relay::{RelayHandle, ServerConfig, spawn_relay};
 
-const LISTENER: Token = Token(usize::MAX);
-
-struct Conn {
-    stream: TcpStream,
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
-    out_pos: usize,
-}
-
-fn unix_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-/// A relay on 127.0.0.1:0 served by a thread until `stop` is set.
-fn start_relay(stop: Arc<AtomicBool>) -> SocketAddr {
-    let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut poll = Poll::new().unwrap();
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .unwrap();
-        let config = RelayConfig {
-            registrations_per_minute: 10_000_000,
-            ..RelayConfig::default()
-        };
-        let (mut core, _) = RelayCore::open(
-            MemStore::new(),
-            StdRng::seed_from_u64(1),
-            SigningKeyPair::from_secret_bytes(&[7; 32]),
-            config,
-            Instant::now(),
-            unix_ms(),
-        )
-        .unwrap();
-        let mut conns: HashMap<usize, Conn> = HashMap::new();
-        let mut next_id = 0usize;
-        let mut events = Events::with_capacity(1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut ready = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            poll.poll(&mut events, Some(Duration::from_millis(5)))
-                .unwrap();
-            let now = Instant::now();
-            let ms = unix_ms();
-            for ev in &events {
-                if ev.token() == LISTENER {
-                    while let Ok((mut stream, _)) = listener.accept() {
-                        next_id += 1;
-                        poll.registry()
-                            .register(
-                                &mut stream,
-                                Token(next_id),
-                                Interest::READABLE | Interest::WRITABLE,
-                            )
-                            .unwrap();
-                        let _ = stream.set_nodelay(true);
-                        conns.insert(
-                            next_id,
-                            Conn {
-                                stream,
-                                inbuf: Vec::new(),
-                                out: Vec::new(),
-                                out_pos: 0,
-                            },
-                        );
-                        core.handle_connect(ConnId(next_id as u64), now);
-                    }
-                    continue;
-                }
-                let id = ev.token().0;
-                let mut gone = false;
-                if let Some(c) = conns.get_mut(&id) {
-                    loop {
-                        match c.stream.read(&mut chunk) {
-                            Ok(0) => {
-                                gone = true;
-                                break;
-                            }
-                            Ok(n) => {
-                                c.inbuf.extend_from_slice(&chunk[..n]);
-                                let used = core.handle_bytes(ConnId(id as u64), &c.inbuf, now, ms);
-                                c.inbuf.drain(..used);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => {
-                                gone = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if gone {
-                    conns.remove(&id);
-                    core.handle_disconnect(ConnId(id as u64));
-                }
-            }
-            if core.poll_timeout().is_some_and(|t| t <= now) {
-                core.handle_timeout(now, ms);
-            }
-            core.poll_ready_conns(&mut ready);
-            ready.clear();
-            // Every connection: pull output while the buffer is drained, write.
-            let mut dead = Vec::new();
-            for (&id, c) in &mut conns {
-                loop {
-                    if c.out_pos == c.out.len() {
-                        c.out.clear();
-                        c.out_pos = 0;
-                        if !core.has_pending_output(ConnId(id as u64)) {
-                            break;
-                        }
-                        core.poll_transmit(ConnId(id as u64), &mut c.out, 256 * 1024);
-                        if c.out.is_empty() {
-                            break;
-                        }
-                    }
-                    match c.stream.write(&c.out[c.out_pos..]) {
-                        Ok(n) => c.out_pos += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            dead.push(id);
-                            break;
-                        }
-                    }
-                }
-            }
-            while let Some((id, _)) = core.poll_close() {
-                dead.push(usize::try_from(id.0).unwrap());
-            }
-            for id in dead {
-                if let Some(mut c) = conns.remove(&id) {
-                    let _ = c.stream.write(&c.out[c.out_pos..]);
-                    core.handle_disconnect(ConnId(id as u64));
-                }
-            }
-        }
-    });
-    addr
+/// A relay as `hermes relay` runs it (mio event loop, memory-mapped
+/// mailbox in `dir`, `--fsync batch`) with the registration and frame rate
+/// limits lifted, as a load test must.
+fn start_relay(dir: &Path) -> RelayHandle {
+    let mut config = ServerConfig::ephemeral_in(dir);
+    config.max_frames_per_sec = 10_000_000;
+    config.core.registrations_per_minute = 100_000_000;
+    spawn_relay(config).unwrap()
 }
 
 fn run_swarm(addr: SocketAddr, dir: &Path, json: &str, args: &[&str]) -> serde_json::Value {
@@ -236,9 +82,10 @@ fn assert_exactly_once(v: &serde_json::Value, connections: u64) {
 
 #[test]
 fn swarm_against_an_in_process_relay_delivers_exactly_once() {
-    let stop = Arc::new(AtomicBool::new(false));
-    let addr = start_relay(Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let relay = start_relay(data.path());
+    let addr = relay.addr();
 
     // Many groups, open loop: 200 members in 20 groups of 10, 2 s.
     let v = run_swarm(
@@ -307,7 +154,8 @@ fn swarm_against_an_in_process_relay_delivers_exactly_once() {
     );
     assert_exactly_once(&v, 40);
     assert_eq!(u(&v, "expected_deliveries"), u(&v, "sent") * 9, "{v:#}");
-    stop.store(true, Ordering::Relaxed);
+    relay.shutdown();
+    relay.join().unwrap();
 }
 
 #[test]
