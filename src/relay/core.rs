@@ -160,6 +160,33 @@ pub struct CoreStats {
 }
 
 const NO_USER: u32 = u32::MAX;
+
+/// A multiply-shift hasher for ids the relay assigns itself (connection and
+/// record ids): no attacker chooses them, so SipHash's flood resistance buys
+/// nothing on the per-delivery path. Keys chosen by clients (names, group
+/// ids, message ids) keep the standard hasher.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the high bits, which hashbrown uses, mix all
+        // input bits.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// Control buffers above this capacity are freed once drained.
 const CONTROL_KEEP_CAPACITY: usize = 16 * 1024;
 
@@ -273,7 +300,7 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     rng: R,
     identity: SigningKeyPair,
     relay_key: [u8; 32],
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     ready: Vec<ConnId>,
     closes: VecDeque<(ConnId, CloseReason)>,
     users: Vec<User>,
@@ -281,7 +308,7 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     groups: Vec<Group>,
     by_group_id: HashMap<GroupId, u32>,
     msgs: Slab<Msg>,
-    owners: HashMap<RecordId, Owner>,
+    owners: IdMap<RecordId, Owner>,
     dedupe: HashMap<(u32, MessageId), Receipt>,
     dedupe_order: VecDeque<(u64, u32, MessageId)>,
     newest_dist: HashMap<(u32, u32, u32), u64>,
@@ -337,7 +364,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             rng,
             identity,
             relay_key,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             ready: Vec::new(),
             closes: VecDeque::new(),
             users: Vec::new(),
@@ -345,7 +372,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             groups: Vec::new(),
             by_group_id: HashMap::new(),
             msgs: Slab::new(),
-            owners: HashMap::new(),
+            owners: IdMap::default(),
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
             newest_dist: HashMap::new(),
