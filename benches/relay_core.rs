@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hermes::crypto::dh::{DhGroup, DhPublicKey};
 use hermes::crypto::identity::{PublicIdentity, SigningKeyPair, certificate_message};
-use hermes::mailbox::{MemStore, Store};
+use hermes::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store};
 use hermes::membership::Commit;
 use hermes::relay::{ConnId, RelayConfig, RelayCore};
 use hermes::wire::{
@@ -98,21 +98,21 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-struct Setup {
-    core: RelayCore<MemStore, StdRng>,
+struct Setup<S: Store> {
+    core: RelayCore<S, StdRng>,
     conns: Vec<ConnId>,
     gid: [u8; 16],
     now: Instant,
 }
 
-fn drain(core: &mut RelayCore<MemStore, StdRng>, c: ConnId) -> Vec<u8> {
+fn drain<S: Store>(core: &mut RelayCore<S, StdRng>, c: ConnId) -> Vec<u8> {
     let mut out = Vec::new();
     while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
     out
 }
 
 /// `n` registered, connected users in one group (the first is the sender).
-fn setup(n: usize) -> Setup {
+fn setup<S: Store>(store: S, n: usize) -> Setup<S> {
     let config = RelayConfig {
         registrations_per_minute: u32::MAX,
         queue_cap: 1 << 20,
@@ -122,7 +122,7 @@ fn setup(n: usize) -> Setup {
     };
     let now = Instant::now();
     let (mut core, _) = RelayCore::open(
-        MemStore::new(),
+        store,
         StdRng::seed_from_u64(1),
         SigningKeyPair::from_secret_bytes(&[9; 32]),
         config,
@@ -190,8 +190,18 @@ fn setup(n: usize) -> Setup {
 }
 
 fn fanout(c: &mut Criterion) {
-    let members = 1000;
-    let mut s = setup(members);
+    let dir = tempfile::tempdir().unwrap();
+    let config = MmapConfig {
+        fsync: FsyncPolicy::Never,
+        ..MmapConfig::default()
+    };
+    let mmap = MmapStore::open(dir.path(), config, Box::new(|| {})).unwrap();
+    fanout_on(c, "memstore", setup(MemStore::new(), 1000));
+    fanout_on(c, "mmap_fsync_never", setup(mmap, 1000));
+}
+
+fn fanout_on<S: Store>(c: &mut Criterion, store_name: &str, mut s: Setup<S>) {
+    let members = s.conns.len();
     let ct = vec![0x5au8; 256];
     let mut g = c.benchmark_group("relay_core_fanout");
     g.throughput(Throughput::Elements((members - 1) as u64));
@@ -200,7 +210,7 @@ fn fanout(c: &mut Criterion) {
     let mut out = Vec::with_capacity(64 * 1024);
     let mut send_buf = Vec::with_capacity(512);
     let mut last_seq = 0u64;
-    g.bench_function("group_send_1000_members_256B", |b| {
+    g.bench_function(format!("group_send_1000_members_256B/{store_name}"), |b| {
         b.iter(|| {
             counter += 1;
             let mut mid = [0u8; 16];
@@ -240,7 +250,7 @@ fn fanout(c: &mut Criterion) {
     g.finish();
     let st = s.core.stats();
     eprintln!(
-        "fan-out: {} deliveries, {} messages, store live records {}",
+        "fan-out ({store_name}): {} deliveries, {} messages, store live records {}",
         st.deliveries,
         st.messages_accepted,
         s.core.store().stats().live_records

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use hermes::crypto::dh::{DhGroup, DhPublicKey};
 use hermes::crypto::identity::{PublicIdentity, SigningKeyPair, certificate_message};
-use hermes::mailbox::{FaultStore, MemStore, Store};
+use hermes::mailbox::{
+    CompactionStats, FaultStore, FsyncPolicy, MemStore, MmapConfig, MmapStore, RecordId, RecordRef,
+    RecoveryReport, Store, StoreError, StoreStats,
+};
 use hermes::membership::{Commit, GroupState, Operation};
 use hermes::relay::{CloseReason, ConnId, RelayConfig, RelayCore};
 use hermes::wire::{
@@ -45,6 +48,88 @@ impl Restart for FaultStore {
     fn reopen(mut self) -> Self {
         self.sync();
         self.simulate_power_loss();
+        self
+    }
+}
+
+/// The memory-mapped store in a temp dir; a restart drops and reopens it.
+struct Mmap {
+    store: Option<MmapStore>,
+    dir: tempfile::TempDir,
+    config: MmapConfig,
+}
+
+impl Mmap {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MmapConfig {
+            segment_bytes: 16 * 1024,
+            fsync: FsyncPolicy::Batch,
+            ..MmapConfig::default()
+        };
+        let store = MmapStore::open(dir.path(), config.clone(), Box::new(|| {})).unwrap();
+        Self {
+            store: Some(store),
+            dir,
+            config,
+        }
+    }
+
+    fn s(&self) -> &MmapStore {
+        self.store.as_ref().unwrap()
+    }
+
+    fn m(&mut self) -> &mut MmapStore {
+        self.store.as_mut().unwrap()
+    }
+
+    /// The newest segment file (the one written last).
+    fn newest_segment(&self) -> std::path::PathBuf {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        files.sort();
+        files.pop().unwrap()
+    }
+}
+
+impl Store for Mmap {
+    fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
+        self.m().append(kind, unix_ms, payload)
+    }
+    fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
+        self.s().get(id)
+    }
+    fn release(&mut self, id: RecordId) {
+        self.m().release(id);
+    }
+    fn durable_up_to(&self) -> Option<RecordId> {
+        self.s().durable_up_to()
+    }
+    fn replay(&self, f: &mut dyn FnMut(RecordRef<'_>)) {
+        self.s().replay(f);
+    }
+    fn recovery_report(&self) -> &RecoveryReport {
+        self.s().recovery_report()
+    }
+    fn compact(&mut self) -> Result<CompactionStats, StoreError> {
+        self.m().compact()
+    }
+    fn pinning_oldest(&self, max: usize) -> Vec<RecordId> {
+        self.s().pinning_oldest(max)
+    }
+    fn stats(&self) -> StoreStats {
+        self.s().stats()
+    }
+}
+
+impl Restart for Mmap {
+    fn reopen(mut self) -> Self {
+        drop(self.store.take());
+        self.store =
+            Some(MmapStore::open(self.dir.path(), self.config.clone(), Box::new(|| {})).unwrap());
         self
     }
 }
@@ -1030,6 +1115,403 @@ fn quota_and_full_store(store: FaultStore) {
     ));
 }
 
+fn framing_errors_are_answered_and_close<S: Restart>(store: S) {
+    let mut sim = Sim::new(
+        store,
+        RelayConfig {
+            max_frame: 4096,
+            ..RelayConfig::default()
+        },
+    );
+    // Ping works before login; a frame split across reads is reassembled.
+    let c = sim.connect();
+    let ping = Frame::Ping { nonce: 77 }.to_vec();
+    assert_eq!(
+        sim.core.handle_bytes(c, &ping[..5], sim.now, sim.unix_ms),
+        0
+    );
+    assert_eq!(
+        sim.core.handle_bytes(c, &ping, sim.now, sim.unix_ms),
+        ping.len()
+    );
+    assert!(matches!(sim.recv(c).as_slice(), [Got::Other(_)]));
+    // A relay-only kind from a client: refused, connection kept.
+    sim.send(c, &Frame::Pong { nonce: 1 });
+    assert_eq!(sim.recv(c), vec![Got::Error(ErrorCode::UnexpectedFrame)]);
+    assert!(sim.closes().is_empty());
+    // Unknown kind, old and unknown versions: refused and closed.
+    for (bytes, code) in [
+        (vec![0, 0, 0, 2, 1, 0x7f], ErrorCode::UnknownKind),
+        (vec![0, 0, 0, 2, 0, 0x2b], ErrorCode::OldVersion),
+        (vec![0, 0, 0, 2, 9, 0x2b], ErrorCode::UnknownVersion),
+        (vec![0, 0, 0x10, 1, 1, 0x28], ErrorCode::FrameTooLarge),
+        (vec![0, 0, 0, 3, 1, 0x2a, 0], ErrorCode::Malformed),
+    ] {
+        let c = sim.connect();
+        let used = sim.core.handle_bytes(c, &bytes, sim.now, sim.unix_ms);
+        assert_eq!(used, bytes.len());
+        assert_eq!(sim.recv(c), vec![Got::Error(code)], "{bytes:?}");
+        assert_eq!(sim.closes(), vec![(c, CloseReason::Protocol(code))]);
+        // Nothing more is processed on a closing connection.
+        sim.core.handle_bytes(c, &ping, sim.now, sim.unix_ms);
+        assert!(sim.recv(c).is_empty());
+        sim.core.handle_disconnect(c);
+    }
+    // Other connections carry on.
+    sim.send(c, &Frame::Ping { nonce: 1 });
+    assert_eq!(sim.recv(c).len(), 1);
+}
+
+fn lists_and_identities<S: Restart>(store: S) {
+    let mut sim = Sim::new(store, RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, _) = sim.user("bob");
+    let (_, ce) = sim.user("eve");
+    let gid = [11; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.send(ca, &Frame::FetchIdentities(vec!["bob", "nobody"]));
+    let got = sim.recv(ca);
+    let Some(Got::Other(bytes)) = got.last() else {
+        panic!("{got:?}")
+    };
+    let Frame::Identities(ids) = Frame::decode(bytes).unwrap() else {
+        panic!()
+    };
+    assert_eq!(ids[0].identity, Some(&bob.identity[..]));
+    assert_eq!(ids[1].identity, None);
+    sim.send(ca, &Frame::ListGroups);
+    let got = sim.recv(ca);
+    let Some(Got::Other(bytes)) = got.last() else {
+        panic!("{got:?}")
+    };
+    let Frame::Groups(groups) = Frame::decode(bytes).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (groups.len(), groups[0].group_id, groups[0].admin),
+        (1, gid, "alice")
+    );
+    sim.send(ca, &Frame::ListMembers { group_id: gid });
+    let got = sim.recv(ca);
+    let Some(Got::Other(bytes)) = got.last() else {
+        panic!("{got:?}")
+    };
+    let Frame::Members { members, epoch, .. } = Frame::decode(bytes).unwrap() else {
+        panic!()
+    };
+    assert_eq!((members, epoch), (vec!["alice", "bob"], 0));
+    // Non-members may not list or fetch.
+    sim.send(ce, &Frame::ListMembers { group_id: gid });
+    assert_eq!(sim.recv(ce), vec![Got::Error(ErrorCode::NotMember)]);
+    sim.send(
+        ce,
+        &Frame::FetchCommits {
+            group_id: gid,
+            from_epoch: 0,
+        },
+    );
+    assert_eq!(sim.recv(ce), vec![Got::Error(ErrorCode::NotMember)]);
+    sim.send(ce, &Frame::ListMembers { group_id: [0; 16] });
+    assert_eq!(sim.recv(ce), vec![Got::Error(ErrorCode::UnknownGroup)]);
+    // Group ids are first come, first served.
+    let dup = Commit::genesis(
+        gid,
+        "x".into(),
+        "alice".into(),
+        vec![("alice".into(), alice.keys.public_key())],
+        |m| alice.keys.sign(m),
+    )
+    .unwrap();
+    sim.send(
+        ca,
+        &Frame::CreateGroup {
+            genesis: &dup.encode(),
+        },
+    );
+    assert_eq!(sim.recv(ca), vec![Got::Error(ErrorCode::GroupExists)]);
+    // A genesis naming a key that is not the member's registered one.
+    let fake = SigningKeyPair::from_secret_bytes(&[5; 32]);
+    let bad = Commit::genesis(
+        [12; 16],
+        "x".into(),
+        "alice".into(),
+        vec![
+            ("alice".into(), alice.keys.public_key()),
+            ("bob".into(), fake.public_key()),
+        ],
+        |m| alice.keys.sign(m),
+    )
+    .unwrap();
+    sim.send(
+        ca,
+        &Frame::CreateGroup {
+            genesis: &bad.encode(),
+        },
+    );
+    assert_eq!(sim.recv(ca), vec![Got::Error(ErrorCode::BadCommit)]);
+}
+
+fn registration_rate_limit<S: Restart>(store: S) {
+    let mut sim = Sim::new(
+        store,
+        RelayConfig {
+            registrations_per_minute: 2,
+            ..RelayConfig::default()
+        },
+    );
+    sim.user("a1");
+    sim.user("a2");
+    let u = sim.new_user("a3");
+    let (c, got) = sim.register(&u);
+    assert_eq!(got, vec![Got::Error(ErrorCode::RegistrationRateLimited)]);
+    assert!(sim.closes().contains(&(
+        c,
+        CloseReason::AuthFailed(ErrorCode::RegistrationRateLimited)
+    )));
+    sim.advance(Duration::from_secs(31));
+    let (_, got) = sim.register(&u);
+    assert!(
+        matches!(got.as_slice(), [Got::Authenticated { .. }]),
+        "{got:?}"
+    );
+}
+
+/// Waits (briefly) until everything appended is durable, so compaction is
+/// not held back by a sync thread that has not run yet.
+fn settle<S: Store>(store: &S) {
+    for _ in 0..2000 {
+        let last = store.stats().next_id - 1;
+        if store.durable_up_to().is_some_and(|d| d.0 >= last) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn compact<S: Restart>(sim: &mut Sim<S>) {
+    for _ in 0..8 {
+        settle(sim.core.store());
+        sim.core.maintain(sim.unix_ms);
+    }
+}
+
+fn compaction_keeps_everything_needed<S: Restart>(store: S) {
+    let config = RelayConfig {
+        copy_forward_batch: 64,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(store, config);
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let (carol, cc) = sim.user("carol");
+    let g1 = [13; 16];
+    let g2 = [16; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], g1);
+    sim.create_group(&alice, ca, &[&alice, &carol], g2);
+    // Carol never reads: her distribution, the accounts and the commits
+    // stay live in the oldest segment.
+    sim.core.handle_disconnect(cc);
+    sim.send(
+        ca,
+        &Frame::DirectSend {
+            recipient: "carol",
+            group_id: g2,
+            kind: EntryKind::Distribution,
+            message_id: [200; 16],
+            ciphertext: b"carol's key",
+        },
+    );
+    sim.recv(ca);
+    let big = vec![0x33u8; 700];
+    for round in 0..6u8 {
+        for i in 0..20u8 {
+            let r = sim.group_send(ca, g1, 0, round * 20 + i, &big);
+            assert!(matches!(r.as_slice(), [Got::Receipt { .. }]), "{r:?}");
+        }
+        let got = sim.recv(cb);
+        sim.send(
+            cb,
+            &Frame::Ack {
+                up_to: last_seq(&got),
+            },
+        );
+    }
+    let before = sim.core.store().stats();
+    compact(&mut sim);
+    let after = sim.core.store().stats();
+    assert!(
+        sim.core.stats().copied_forward > 0,
+        "{:?}",
+        sim.core.stats()
+    );
+    assert!(after.segments < before.segments, "{before:?} -> {after:?}");
+    assert!(
+        after.records < 30,
+        "acked messages compacted away: {before:?} -> {after:?}"
+    );
+    // After a restart on the compacted store nothing is lost.
+    let (mut sim, report) = sim.restart();
+    assert_eq!((report.accounts, report.groups), (3, 2), "{report:?}");
+    let (cc, got) = sim.login(&carol);
+    assert_eq!(texts(&got), vec![b"carol's key".to_vec()]);
+    let (_, got_b) = sim.login(&bob);
+    assert!(
+        delivered(&got_b).is_empty(),
+        "bob acked everything: {got_b:?}"
+    );
+    sim.send(
+        cc,
+        &Frame::Ack {
+            up_to: last_seq(&got),
+        },
+    );
+    let (ca, _) = sim.login(&alice);
+    let r = sim.group_send(ca, g1, 0, 250, b"after");
+    assert!(matches!(r.as_slice(), [Got::Receipt { .. }]), "{r:?}");
+    compact(&mut sim);
+    let (mut sim, _) = sim.restart();
+    let (_, got) = sim.login(&bob);
+    assert_eq!(texts(&got), vec![b"after".to_vec()]);
+    let (_, got) = sim.login(&carol);
+    assert!(delivered(&got).is_empty(), "{got:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Durability: receipts under fsync always, power loss.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn receipts_wait_for_durability_and_power_loss_keeps_what_was_receipted() {
+    let config = RelayConfig {
+        receipts_after_durable: true,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(FaultStore::new(), config);
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [14; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    assert!(
+        sim.group_send(ca, gid, 0, 1, b"one").is_empty(),
+        "no receipt before the sync"
+    );
+    sim.core.store_mut().sync();
+    sim.core.handle_durable();
+    let got = sim.recv(ca);
+    assert!(matches!(got.as_slice(), [Got::Receipt { message_id, .. }] if *message_id == [1; 16]));
+    // Two is stored but never synced: no receipt, lost with the power.
+    assert!(sim.group_send(ca, gid, 0, 2, b"two").is_empty());
+    sim.core.handle_durable();
+    assert!(sim.recv(ca).is_empty());
+    // Bob received both and acked both, but the ack was not synced either.
+    let got = sim.recv(cb);
+    assert_eq!(texts(&got), vec![b"one".to_vec(), b"two".to_vec()]);
+    sim.send(
+        cb,
+        &Frame::Ack {
+            up_to: last_seq(&got),
+        },
+    );
+    let mut store = sim.core.into_store();
+    assert!(store.simulate_power_loss() > 0);
+    let (core, _) = RelayCore::open(
+        store,
+        StdRng::seed_from_u64(3),
+        SigningKeyPair::from_secret_bytes(&sim.relay_secret),
+        sim.config.clone(),
+        sim.now,
+        sim.unix_ms,
+    )
+    .unwrap();
+    let mut sim = Sim {
+        core,
+        challenges: HashMap::new(),
+        ..sim
+    };
+    // Receipted "one" is still there (its ack was lost: delivered again);
+    // "two" was never receipted, so alice re-sends it under the same id.
+    let (_, got) = sim.login(&bob);
+    assert_eq!(texts(&got), vec![b"one".to_vec()]);
+    let (ca, _) = sim.login(&alice);
+    sim.group_send(ca, gid, 0, 2, b"two");
+    sim.core.store_mut().sync();
+    sim.core.handle_durable();
+    assert!(matches!(sim.recv(ca).as_slice(), [Got::Receipt { .. }]));
+}
+
+// ---------------------------------------------------------------------------
+// Against the memory-mapped store: torn tail and corruption through the core.
+// ---------------------------------------------------------------------------
+
+/// Offset just past the last non-zero byte of a file.
+fn data_end(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |p| p as u64 + 1)
+}
+
+fn patch(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn mmap_torn_tail_and_corrupt_record_through_the_core() {
+    let mut sim = Sim::new(Mmap::new(), RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [15; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.core.handle_disconnect(cb);
+    sim.group_send(ca, gid, 0, 1, b"first");
+    sim.group_send(ca, gid, 0, 2, b"CORRUPT-ME-PLEASE");
+    sim.group_send(ca, gid, 0, 3, b"third");
+    sim.group_send(ca, gid, 0, 4, b"torn-tail-message");
+    let store = sim.core.into_store();
+    let seg = store.newest_segment();
+    let mut store = store;
+    drop(store.store.take());
+    // Flip a byte inside the second message's ciphertext.
+    let bytes = std::fs::read(&seg).unwrap();
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"CORRUPT-ME-PLEASE")
+        .unwrap() as u64;
+    patch(&seg, at + 3, b"X");
+    // Tear the last record: its last bytes never reached the disk.
+    let end = data_end(&seg);
+    patch(&seg, end - 8, &[0; 8]);
+    store.store =
+        Some(MmapStore::open(store.dir.path(), store.config.clone(), Box::new(|| {})).unwrap());
+    let report = store.recovery_report().clone();
+    assert_eq!(report.corrupt_records.len(), 1, "{report:?}");
+    assert_eq!(report.torn_tails.len(), 1, "{report:?}");
+    let (core, replay) = RelayCore::open(
+        store,
+        StdRng::seed_from_u64(3),
+        SigningKeyPair::from_secret_bytes(&sim.relay_secret),
+        sim.config.clone(),
+        sim.now,
+        sim.unix_ms,
+    )
+    .unwrap();
+    assert_eq!((replay.accounts, replay.groups), (2, 1));
+    let mut sim = Sim {
+        core,
+        challenges: HashMap::new(),
+        ..sim
+    };
+    let (_, got) = sim.login(&bob);
+    assert_eq!(texts(&got), vec![b"first".to_vec(), b"third".to_vec()]);
+    // The relay keeps working on the recovered store.
+    let (ca, _) = sim.login(&alice);
+    let r = sim.group_send(ca, gid, 0, 4, b"torn-tail-message");
+    assert!(matches!(r.as_slice(), [Got::Receipt { .. }]), "{r:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Against the in-memory store.
 // ---------------------------------------------------------------------------
@@ -1081,4 +1563,69 @@ fn fault_quota_and_full_store() {
 #[test]
 fn small_segments_restart_delivers_unacked_and_nothing_acked() {
     restart_delivers_unacked_and_nothing_acked(MemStore::with_segment_records(4));
+}
+#[test]
+fn mem_framing_errors_are_answered_and_close() {
+    framing_errors_are_answered_and_close(mem());
+}
+#[test]
+fn mem_lists_and_identities() {
+    lists_and_identities(mem());
+}
+#[test]
+fn mem_registration_rate_limit() {
+    registration_rate_limit(mem());
+}
+#[test]
+fn mem_compaction_keeps_everything_needed() {
+    compaction_keeps_everything_needed(MemStore::with_segment_records(16));
+}
+
+// ---------------------------------------------------------------------------
+// The same scenarios against the memory-mapped store in a temp dir.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mmap_register_login_wrong_signature_replayed_login() {
+    register_login_wrong_signature_replayed_login(Mmap::new());
+}
+#[test]
+fn mmap_group_fanout_online_and_offline_in_order() {
+    group_fanout_online_and_offline_in_order(Mmap::new());
+}
+#[test]
+fn mmap_cumulative_ack_and_no_redelivery() {
+    cumulative_ack_and_no_redelivery(Mmap::new());
+}
+#[test]
+fn mmap_idempotent_resend() {
+    idempotent_resend(Mmap::new());
+}
+#[test]
+fn mmap_stale_epoch_and_commit_rules() {
+    stale_epoch_and_commit_rules(Mmap::new());
+}
+#[test]
+fn mmap_direct_send_rules() {
+    direct_send_rules(Mmap::new());
+}
+#[test]
+fn mmap_cap_and_gap_notice() {
+    cap_and_gap_notice(Mmap::new());
+}
+#[test]
+fn mmap_ttl_expiry() {
+    ttl_expiry(Mmap::new());
+}
+#[test]
+fn mmap_restart_delivers_unacked_and_nothing_acked() {
+    restart_delivers_unacked_and_nothing_acked(Mmap::new());
+}
+#[test]
+fn mmap_several_sessions_get_everything() {
+    several_sessions_get_everything(Mmap::new());
+}
+#[test]
+fn mmap_compaction_keeps_everything_needed() {
+    compaction_keeps_everything_needed(Mmap::new());
 }
