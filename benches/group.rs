@@ -5,12 +5,21 @@
 //! Two cores shared with other work: run with small samples, e.g.
 //! `cargo bench --bench group -- --sample-size 10 --warm-up-time 1 --measurement-time 3`.
 //! The figures are recorded in README "Performance".
+//!
+//! The single-threaded benches (ratchet, message) report the thread's CPU
+//! time (`/proc/thread-self/schedstat`, as `benches/crypto.rs` does), so
+//! other engineers' builds on the same two cores do not inflate them;
+//! `HERMES_BENCH_WALL=1` switches to wall time. The setup benches must be
+//! wall time (rayon's speed-up is the point); `setup_report` also prints,
+//! per mode, wall time and the process's CPU time, so a run on busy cores
+//! can be read as "parallelism actually obtained".
 // A benchmark aborts loudly on a broken fixture.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::cast_possible_truncation)]
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hermes::crypto::dh::DhGroup;
 use hermes::crypto::envelope::{open, seal_into};
 use hermes::crypto::identity::{IdentityKeyPair, PublicIdentity};
@@ -23,6 +32,92 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 const GID: [u8; 16] = [0x42; 16];
+
+/// CPU time of the current thread, in nanoseconds.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time (user + system) of the whole process, in seconds.
+fn process_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks (100 Hz on Linux).
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Thread CPU time as a criterion measurement (falls back to wall time).
+struct CpuTime {
+    wall: bool,
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = (Instant, Option<u64>);
+    type Value = f64;
+
+    fn start(&self) -> Self::Intermediate {
+        (Instant::now(), thread_cpu_ns())
+    }
+
+    fn end(&self, (t0, c0): Self::Intermediate) -> f64 {
+        let c1 = thread_cpu_ns();
+        let wall = t0.elapsed().as_nanos() as f64;
+        match (self.wall, c0, c1) {
+            (false, Some(a), Some(b)) => b.saturating_sub(a) as f64,
+            _ => wall,
+        }
+    }
+
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+
+    fn zero(&self) -> f64 {
+        0.0
+    }
+
+    fn to_f64(&self, v: &f64) -> f64 {
+        *v
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &NsFormatter
+    }
+}
+
+struct NsFormatter;
+
+impl ValueFormatter for NsFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (f, u) = if typical < 1e3 {
+            (1.0, "ns")
+        } else if typical < 1e6 {
+            (1e-3, "µs")
+        } else if typical < 1e9 {
+            (1e-6, "ms")
+        } else {
+            (1e-9, "s")
+        };
+        values.iter_mut().for_each(|v| *v *= f);
+        u
+    }
+
+    fn scale_throughputs(&self, _: f64, _: &Throughput, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v = 1e9 / *v);
+        "elem/s"
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+type C = Criterion<CpuTime>;
 
 /// `n` peers with identities, the caller's identity, and the verified
 /// genesis state with all of them in it.
@@ -76,7 +171,7 @@ fn setup(c: &mut Criterion) {
 }
 
 /// One chain step: message seed + next chain key; and the seed's expansion.
-fn ratchet(c: &mut Criterion) {
+fn ratchet(c: &mut C) {
     let mut g = c.benchmark_group("ratchet");
     let mut chain = ChainKey::new([7; 32], 0);
     g.bench_function("step", |b| {
@@ -102,7 +197,7 @@ fn ratchet(c: &mut Criterion) {
 /// A 100-byte group message: full seal + open (ratchet, envelope, Ed25519
 /// sign and verify), against the same without the signature (ratchet on
 /// both sides + envelope seal + open).
-fn message(c: &mut Criterion) {
+fn message(c: &mut C) {
     let mut g = c.benchmark_group("group_message_100B");
     let plaintext = [0x61u8; 100];
     let mut sk = SenderKey::from_parts(GID, 1, [3; 32], 0, &[4; 32]);
@@ -145,5 +240,39 @@ fn envelope_keys(enc: &[u8; 16], mac: &[u8; 32]) -> EnvelopeKeys {
     EnvelopeKeys::from_okm(&okm)
 }
 
-criterion_group!(benches, ratchet, message, setup);
-criterion_main!(benches);
+/// One run per mode of the 1,000-peer setup, printing wall and process CPU
+/// time (criterion's figures are the wall times; this shows how much of the
+/// two cores rayon actually got while other work ran).
+fn setup_report(_: &mut Criterion) {
+    let (me, peers, state) = peers(1_000);
+    for (name, mode) in [
+        ("serial", Parallelism::Serial),
+        ("rayon", Parallelism::Parallel),
+        ("serial", Parallelism::Serial),
+        ("rayon", Parallelism::Parallel),
+    ] {
+        let (c0, t0) = (process_cpu_s(), Instant::now());
+        let out = pairwise_channels("me", &me, &peers, Some(&state), mode);
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = process_cpu_s().zip(c0).map(|(b, a)| b - a);
+        black_box(out);
+        println!(
+            "setup_report/{name}/1000: wall {wall:.3} s, process CPU {} s",
+            cpu.map_or("?".into(), |c| format!("{c:.2}"))
+        );
+    }
+}
+
+fn cpu_config() -> C {
+    Criterion::default().with_measurement(CpuTime {
+        wall: std::env::var_os("HERMES_BENCH_WALL").is_some(),
+    })
+}
+
+criterion_group! {
+    name = per_message;
+    config = cpu_config();
+    targets = ratchet, message
+}
+criterion_group!(pairwise, setup, setup_report);
+criterion_main!(per_message, pairwise);

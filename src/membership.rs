@@ -1411,6 +1411,16 @@ mod tests {
             ),
             Err(MembershipError::InvalidName)
         );
+        assert_eq!(
+            Commit::genesis(
+                GID,
+                "g".repeat(MAX_GROUP_DISPLAY_NAME_BYTES + 1),
+                "alice".into(),
+                vec![("alice".into(), alice.public())],
+                alice.signer()
+            ),
+            Err(MembershipError::InvalidName)
+        );
         let ok = "x".repeat(MAX_ROSTER_NAME_BYTES);
         assert!(
             Commit::genesis(

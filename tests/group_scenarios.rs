@@ -20,8 +20,8 @@ use hermes::group::{
     ReceiverStore, SenderKey, Welcome, pairwise_channels,
 };
 use hermes::limits::{
-    MAX_FORWARD_JUMP, MAX_SENDER_KEYS_PER_SENDER, MAX_SKIPPED_KEY_AGE_MS,
-    MAX_SKIPPED_KEYS_PER_CHAIN, MAX_SKIPPED_KEYS_TOTAL,
+    MAX_FORWARD_JUMP, MAX_GAP_ALLOWANCE, MAX_GROUP_PLAINTEXT_BYTES, MAX_SENDER_KEYS_PER_SENDER,
+    MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS_PER_CHAIN, MAX_SKIPPED_KEYS_TOTAL,
 };
 use hermes::membership::{Commit, GroupState, Operation};
 use proptest::prelude::*;
@@ -898,4 +898,46 @@ proptest! {
         m[i] ^= 1 << bit;
         prop_assert!(hermes::group::fuzz_group_decoders(&m));
     }
+}
+
+#[test]
+fn gap_allowance_is_capped() {
+    let (_, mut rs, _) = pair(1, [12; 32]);
+    rs.handle_gap("alice", u32::MAX);
+    rs.handle_gap("alice", u32::MAX);
+    // Signed by alice's sender key with the iteration in the signed header;
+    // the jump is judged before any derivation, so the chain key (here not
+    // alice's) is never used.
+    let beyond = seal(
+        &mut SenderKey::from_parts(
+            GID,
+            1,
+            [0; 32],
+            MAX_GAP_ALLOWANCE + MAX_FORWARD_JUMP + 1,
+            &[1; 32],
+        ),
+        "beyond",
+    );
+    assert!(matches!(
+        rs.open(&beyond, T0),
+        Err(GroupError::TooFarAhead { current: 0, .. })
+    ));
+    assert_eq!(rs.current("alice"), Some((1, 0)));
+    assert_eq!(rs.gap_allowance("alice"), Some(MAX_GAP_ALLOWANCE));
+}
+
+#[test]
+fn plaintext_limit() {
+    let mut sk = SenderKey::from_parts(GID, 1, [1; 32], 0, &[2; 32]);
+    let big = vec![0u8; MAX_GROUP_PLAINTEXT_BYTES + 1];
+    assert!(matches!(
+        sk.seal(0, "alice", T0, [0; 16], &big),
+        Err(GroupError::PlaintextTooLong(n)) if n == MAX_GROUP_PLAINTEXT_BYTES + 1
+    ));
+    assert_eq!(sk.iteration(), 0);
+    let m = sk
+        .seal(0, "alice", T0, [0; 16], &big[..MAX_GROUP_PLAINTEXT_BYTES])
+        .unwrap();
+    assert!(m.len() > MAX_GROUP_PLAINTEXT_BYTES);
+    assert_eq!(sk.iteration(), 1);
 }

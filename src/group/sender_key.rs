@@ -578,6 +578,14 @@ impl ReceiverStore {
         }
     }
 
+    /// The gap allowance of `sender`'s newest chain.
+    pub fn gap_allowance(&self, sender: &str) -> Option<u32> {
+        self.chains
+            .get(sender)
+            .and_then(|v| v.last())
+            .map(|c| c.gap_allowance)
+    }
+
     /// Drops every chain of `sender` (removed, or left).
     pub fn forget_sender(&mut self, sender: &str) {
         if let Some(v) = self.chains.remove(sender) {

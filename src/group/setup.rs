@@ -74,6 +74,15 @@ fn channel(
     })
 }
 
+/// Whether `mode` runs `peers` peers on rayon.
+fn uses_rayon(mode: Parallelism, peers: usize) -> bool {
+    match mode {
+        Parallelism::Auto => peers >= PARALLEL_SETUP_THRESHOLD,
+        Parallelism::Serial => false,
+        Parallelism::Parallel => true,
+    }
+}
+
 /// The pairwise channels between `me` and each peer, in input order.
 ///
 /// Each peer's certificate is verified; with `roster`, each peer must be a
@@ -86,11 +95,7 @@ pub fn pairwise_channels(
     roster: Option<&GroupState>,
     mode: Parallelism,
 ) -> Vec<Result<PeerChannel, GroupError>> {
-    let parallel = match mode {
-        Parallelism::Auto => peers.len() >= PARALLEL_SETUP_THRESHOLD,
-        Parallelism::Serial => false,
-        Parallelism::Parallel => true,
-    };
+    let parallel = uses_rayon(mode, peers.len());
     let one =
         |(name, public): &(String, PublicIdentity)| channel(me, identity, name, public, roster);
     if parallel {
@@ -98,5 +103,18 @@ pub fn pairwise_channels(
         peers.par_iter().map(one).collect()
     } else {
         peers.iter().map(one).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_serial_below_the_threshold() {
+        assert!(!uses_rayon(Parallelism::Auto, PARALLEL_SETUP_THRESHOLD - 1));
+        assert!(uses_rayon(Parallelism::Auto, PARALLEL_SETUP_THRESHOLD));
+        assert!(!uses_rayon(Parallelism::Serial, 1_000));
+        assert!(uses_rayon(Parallelism::Parallel, 1));
     }
 }
