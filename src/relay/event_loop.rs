@@ -968,8 +968,13 @@ impl<S: Store> Server<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    kill(&mut self.dead, c, &mut self.metrics, Some("read_error"));
+                Err(e) => {
+                    kill(
+                        &mut self.dead,
+                        c,
+                        &mut self.metrics,
+                        Some(io_label("read", &e)),
+                    );
                     return;
                 }
             }
@@ -1157,8 +1162,13 @@ impl<S: Store> Server<S> {
                     c.out_pos += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    kill(&mut self.dead, c, &mut self.metrics, Some("write_error"));
+                Err(e) => {
+                    kill(
+                        &mut self.dead,
+                        c,
+                        &mut self.metrics,
+                        Some(io_label("write", &e)),
+                    );
                     return;
                 }
             }
@@ -1374,6 +1384,16 @@ fn reserve_for_frame(inbuf: &mut Vec<u8>, max_frame: usize) {
     if len <= max_frame {
         let total = LENGTH_PREFIX_LEN + len;
         inbuf.reserve_exact(total.saturating_sub(inbuf.len()));
+    }
+}
+
+/// The metrics label of a socket error: a peer that reset or vanished is
+/// ordinary churn, anything else an I/O error.
+fn io_label(op: &str, e: &io::Error) -> &'static str {
+    match (op, e.kind()) {
+        (_, io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => "peer_reset",
+        ("read", _) => "read_error",
+        _ => "write_error",
     }
 }
 
