@@ -54,10 +54,18 @@ pub enum Command {
     },
     /// Interactive chat: /help lists the commands.
     Chat(ClientArgs),
+    /// A relay and three users in a temp dir: a conversation, a removal,
+    /// and what each read beside what the relay stored.
+    Demo {
+        /// Keep the temporary directory.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Show the safety number with USER, to compare out of band.
     Fingerprint {
         /// The other user.
-        user: String,
+        #[arg(value_name = "USER")]
+        who: String,
         /// Common client options.
         #[command(flatten)]
         client: ClientArgs,
@@ -65,7 +73,8 @@ pub enum Command {
     /// Accept USER's changed identity (after checking its fingerprint).
     Trust {
         /// The other user.
-        user: String,
+        #[arg(value_name = "USER")]
+        who: String,
         /// Common client options.
         #[command(flatten)]
         client: ClientArgs,
@@ -144,37 +153,48 @@ impl RelayArgs {
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
     /// The relay.
-    #[arg(long, env = "HERMES_SERVER", default_value = "127.0.0.1:33001")]
+    #[arg(
+        long,
+        env = "HERMES_SERVER",
+        default_value = "127.0.0.1:33001",
+        global = true
+    )]
     pub server: String,
     /// Your user name.
-    #[arg(long, short, env = "HERMES_USER")]
-    pub user: String,
+    #[arg(long, short, env = "HERMES_USER", global = true)]
+    pub user: Option<String>,
     /// State directory [default: $XDG_DATA_HOME/hermes or ~/.local/share/hermes].
-    #[arg(long, env = "HERMES_STATE_DIR")]
+    #[arg(long, env = "HERMES_STATE_DIR", global = true)]
     pub state_dir: Option<std::path::PathBuf>,
     /// Read the passphrase from this file's first line (else
     /// HERMES_PASSPHRASE, else a prompt without echo).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub passphrase_file: Option<std::path::PathBuf>,
     /// Test suites only: cheap passphrase hashing (1,000 PBKDF2 rounds).
     /// A state file made so opens only with this flag again.
-    #[arg(long, env = "HERMES_INSECURE_TEST_KDF", hide = true)]
+    #[arg(long, env = "HERMES_INSECURE_TEST_KDF", hide = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure_test_kdf: bool,
 }
 
 impl ClientArgs {
     /// The plain options the client commands take.
-    #[must_use]
-    pub fn to_options(&self) -> crate::client::commands::CommonOptions {
+    ///
+    /// # Errors
+    /// No user given (neither `--user` nor `HERMES_USER`).
+    pub fn to_options(&self) -> Result<crate::client::commands::CommonOptions, String> {
         use crate::client::commands::{CommonOptions, PassphraseSource, default_state_root};
         let passphrase = match (&self.passphrase_file, std::env::var("HERMES_PASSPHRASE")) {
             (Some(f), _) => PassphraseSource::File(f.clone()),
             (None, Ok(v)) => PassphraseSource::Value(zeroize::Zeroizing::new(v)),
             (None, Err(_)) => PassphraseSource::Prompt,
         };
-        CommonOptions {
+        let user = self
+            .user
+            .clone()
+            .ok_or("no user: pass --user NAME or set HERMES_USER")?;
+        Ok(CommonOptions {
             server: self.server.clone(),
-            user: self.user.clone(),
+            user,
             state_root: self.state_dir.clone().unwrap_or_else(default_state_root),
             passphrase,
             kdf: if self.insecure_test_kdf {
@@ -182,7 +202,7 @@ impl ClientArgs {
             } else {
                 crate::client::state::KdfCost::standard()
             },
-        }
+        })
     }
 }
 
@@ -272,26 +292,27 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             crate::relay::run_relay(args.to_config())?;
             Ok(())
         }
-        Some(Command::Register(c)) => crate::client::commands::register(&c.to_options()),
+        Some(Command::Register(c)) => crate::client::commands::register(&c.to_options()?),
         Some(Command::Group { cmd, client }) => {
-            crate::client::commands::group(&client.to_options(), cmd.into())
+            crate::client::commands::group(&client.to_options()?, cmd.into())
         }
         Some(Command::Send {
             group,
             text,
             client,
-        }) => crate::client::commands::send(&client.to_options(), &group, text),
+        }) => crate::client::commands::send(&client.to_options()?, &group, text),
         Some(Command::Recv { wait, json, client }) => crate::client::commands::recv(
-            &client.to_options(),
+            &client.to_options()?,
             std::time::Duration::from_secs_f64(wait.clamp(0.0, 1e6)),
             json,
         ),
-        Some(Command::Chat(c)) => crate::client::chat::run(&c.to_options()),
-        Some(Command::Fingerprint { user, client }) => {
-            crate::client::commands::fingerprint(&client.to_options(), &user)
+        Some(Command::Chat(c)) => crate::client::chat::run(&c.to_options()?),
+        Some(Command::Demo { keep }) => crate::demo::run(keep),
+        Some(Command::Fingerprint { who, client }) => {
+            crate::client::commands::fingerprint(&client.to_options()?, &who)
         }
-        Some(Command::Trust { user, client }) => {
-            crate::client::commands::trust(&client.to_options(), &user)
+        Some(Command::Trust { who, client }) => {
+            crate::client::commands::trust(&client.to_options()?, &who)
         }
     }
 }

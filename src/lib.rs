@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod client;
 pub mod crypto;
+pub mod demo;
 pub mod fuzz;
 pub mod group;
 pub mod limits;
