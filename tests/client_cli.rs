@@ -133,3 +133,29 @@ fn the_demo_exits_zero() {
     assert!(text.contains("plaintext anywhere in the relay's files: no"));
     assert!(!text.contains("plaintext anywhere in the relay's files: YES"));
 }
+
+#[test]
+fn chat_reads_commands_and_lines_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::ephemeral_in(&tmp.path().join("relay"));
+    cfg.core.registrations_per_minute = 100_000;
+    let relay = spawn_relay(cfg).unwrap();
+    let addr = relay.addr().to_string();
+    let state = tmp.path().join("state");
+    let run =
+        |user: &str, args: &[&str], stdin: &str| hermes(&addr, &state, user, "pw", args, stdin);
+    ok(&run("ann", &["register"], ""));
+    ok(&run("carol", &["register"], ""));
+    let script = "/create crew\n\n/add carol\nhello over chat\n/members\n/nonsense\n/quit\n";
+    let out = ok(&run("ann", &["chat"], script));
+    assert!(out.contains("created crew; now talking in crew"), "{out}");
+    assert!(out.contains("ann: hello over chat"), "{out}");
+    assert!(out.contains("  ann (admin)\n  carol\n"), "{out}");
+    assert!(out.contains("unknown command /nonsense"), "{out}");
+    let out = ok(&run("carol", &["recv"], ""));
+    assert!(out.contains("[crew] ann: hello over chat"), "{out}");
+    assert!(
+        !out.contains("[crew] ann: \n"),
+        "an empty line is never sent: {out}"
+    );
+}

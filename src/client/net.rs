@@ -351,7 +351,7 @@ impl<R: CryptoRng> Client<R> {
                 Err(e) => return Err(e),
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
+            backoff = next_backoff(backoff);
         }
     }
 
@@ -1004,6 +1004,13 @@ impl<R: CryptoRng> Client<R> {
     }
 }
 
+/// The reconnect delay after `d`: doubled, at most [`CLIENT_BACKOFF_MAX`]
+/// (start from [`CLIENT_BACKOFF_MIN`]).
+#[must_use]
+pub fn next_backoff(d: Duration) -> Duration {
+    (d * 2).clamp(CLIENT_BACKOFF_MIN, CLIENT_BACKOFF_MAX)
+}
+
 fn progress_bar(n: usize) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if n < crate::limits::CLIENT_PROGRESS_MIN_PEERS || !std::io::stderr().is_terminal() {
@@ -1122,5 +1129,60 @@ fn read_frame(c: &mut Conn, deadline: Instant) -> Result<Option<Vec<u8>>, Client
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{
+        CLIENT_CHAT_TICK, CLIENT_PROGRESS_MIN_PEERS, CLIENT_RECV_QUIET, RELAY_IDLE_TIMEOUT,
+    };
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let mut d = CLIENT_BACKOFF_MIN;
+        let mut seen = vec![d];
+        for _ in 0..20 {
+            d = next_backoff(d);
+            seen.push(d);
+        }
+        assert_eq!(seen[1], CLIENT_BACKOFF_MIN * 2);
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*seen.last().unwrap(), CLIENT_BACKOFF_MAX);
+        assert_eq!(next_backoff(Duration::ZERO), CLIENT_BACKOFF_MIN);
+    }
+
+    #[test]
+    fn timing_limits_fit_together() {
+        // Pings keep an idle interactive connection open.
+        assert!(CLIENT_PING_INTERVAL < RELAY_IDLE_TIMEOUT);
+        // The chat tick is short next to "the backlog is drained", which is
+        // short next to "the relay does not answer".
+        assert!(CLIENT_CHAT_TICK < CLIENT_RECV_QUIET);
+        assert!(CLIENT_RECV_QUIET < CLIENT_IO_TIMEOUT);
+        assert!(CLIENT_BACKOFF_MIN < CLIENT_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn small_setups_show_no_progress_bar() {
+        assert!(progress_bar(CLIENT_PROGRESS_MIN_PEERS - 1).is_none());
+        assert!(progress_bar(0).is_none());
+    }
+
+    #[test]
+    fn a_one_shot_command_gives_up_after_its_attempts() {
+        // A port with nothing listening: refused at once, so the attempts
+        // cost only the backoff sleeps.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = ClientConfig::new(&addr, "al", tmp.path().to_path_buf());
+        cfg.kdf = KdfCost::insecure_for_tests(1);
+        assert_eq!(cfg.connect_attempts, CLIENT_CONNECT_ATTEMPTS);
+        let err = Client::register(cfg, b"pw", rand::rng()).unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("cannot reach the relay"));
     }
 }

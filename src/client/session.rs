@@ -1652,3 +1652,24 @@ fn direct_frame(
     }
     .to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pending_timeout_is_the_named_limit() {
+        assert_eq!(
+            SessionConfig::default().pending_timeout_ms,
+            CLIENT_PENDING_TIMEOUT_MS
+        );
+    }
+
+    #[test]
+    fn group_ids_print_as_32_hex_digits() {
+        let mut id = [0u8; 16];
+        id[0] = 0xab;
+        id[15] = 0x01;
+        assert_eq!(group_hex(&id), format!("ab{}01", "0".repeat(28)));
+    }
+}

@@ -1176,6 +1176,23 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_state_file_is_refused_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path(), "al").unwrap();
+        fs::create_dir_all(dir.path()).unwrap();
+        // Sparse: costs no disk.
+        let f = File::create(dir.path().join(STATE_FILE)).unwrap();
+        f.set_len(CLIENT_STATE_MAX_BYTES + 1).unwrap();
+        let err = dir
+            .unlock(b"pw", KdfCost::insecure_for_tests(1))
+            .unwrap_err();
+        assert!(
+            matches!(err, StateError::Corrupted(ref m) if m.contains("larger than")),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_state_says_register_first() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path(), "nobody").unwrap();
