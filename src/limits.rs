@@ -227,8 +227,11 @@ pub const RELAY_READ_BUDGET_PER_PASS: usize = 256 * 1024;
 /// Per-connection output bound: the loop stops pulling deliveries from the
 /// core once this many bytes wait for the socket. Past it a recipient's
 /// entries stay in its mailbox and flow as it drains, so a client that never
-/// reads costs at most this (plus one maximal frame) of relay memory.
-pub const RELAY_OUTPUT_BOUND: usize = 256 * 1024;
+/// reads costs at most this (plus one maximal frame) of relay memory; the
+/// worst case over all connections is `--max-connections` times this
+/// (1.25 GiB at 20,000). 64 KiB still carries hundreds of small deliveries
+/// per `write(2)`; the kernel's socket buffer holds the rest of the burst.
+pub const RELAY_OUTPUT_BOUND: usize = 64 * 1024;
 
 /// Default frames per second one connection may send (`--max-frames-per-sec`),
 /// also its burst. Past it the loop stops reading that socket until tokens
