@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the issue's three load shapes against a Hermes relay, mosquitto and
-# redis-server on this machine, side by side, and prints a table of figures
-# and ratios.
+# Runs the issue's load shapes (1 fan-out, 2 many groups, 3 idle, 4 the
+# wide variant of many groups: 10,000 connections at 1 msg/s each) against
+# a Hermes relay, mosquitto and redis-server on this machine, side by side,
+# and prints a table of figures and ratios.
 #
 #   loadtest/compare.sh                  # all shapes, all targets
 #   SHAPES="1 2" TARGETS="mqtt redis" loadtest/compare.sh
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SHAPES="${SHAPES:-1 2 3}"
+SHAPES="${SHAPES:-1 2 3 4}"
 TARGETS="${TARGETS:-hermes mqtt redis}"
 QUICK="${QUICK:-0}"
 BROKER_CPU="${BROKER_CPU:-0}"
@@ -24,9 +25,9 @@ SWARM_CPU="${SWARM_CPU:-1}"
 OUT="${OUT:-target/loadtest-compare}"
 
 if [ "$QUICK" = 1 ]; then
-    DUR_FANOUT=2 DUR_GROUPS=2 DUR_IDLE=3 IDLE_CONNS=2000
+    DUR_FANOUT=2 DUR_GROUPS=2 DUR_IDLE=3 IDLE_CONNS=2000 WIDE_CONNS=2000
 else
-    DUR_FANOUT=10 DUR_GROUPS=10 DUR_IDLE=30 IDLE_CONNS=19000
+    DUR_FANOUT=10 DUR_GROUPS=10 DUR_IDLE=30 IDLE_CONNS=19000 WIDE_CONNS=10000
 fi
 
 need() { # command, Debian package
@@ -132,6 +133,7 @@ shape_args() { # shape
     # 1,000 senders x 22.2222 msg/s x 9 receivers = 200,000 deliveries/s offered.
     2) echo "--connections 1000 --group-size 10 --rate 22.2222 --duration $DUR_GROUPS" ;;
     3) echo "--connections $IDLE_CONNS --group-size 10 --idle --duration $DUR_IDLE --connect-timeout 120" ;;
+    4) echo "--connections $WIDE_CONNS --group-size 10 --rate 1 --duration $DUR_GROUPS --connect-timeout 120" ;;
     esac
 }
 
@@ -140,6 +142,7 @@ shape_name() {
     1) echo "fan-out: 1 group of 1,000, 1 sender, window 16" ;;
     2) echo "many groups: 100 x 10, open loop, 200k deliveries/s offered" ;;
     3) echo "idle: $IDLE_CONNS connections held ${DUR_IDLE} s" ;;
+    4) echo "wide: $WIDE_CONNS connections in groups of 10, 1 msg/s each" ;;
     esac
 }
 
