@@ -148,6 +148,12 @@ pub const RELAY_DEDUPE_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 /// test lifts it with a relay flag.
 pub const RELAY_REGISTRATIONS_PER_MINUTE: u32 = 60;
 
+/// Default key requests per user per minute (also the burst). A client
+/// asks for a sender key only when a message arrives before its key, so a
+/// legitimate burst is one request per undecryptable sender; the limit stops
+/// a member from flooding another's queue with requests.
+pub const RELAY_KEY_REQUESTS_PER_MINUTE: u32 = 120;
+
 /// Default idle timeout: a connection that sent no frame (not even a ping)
 /// for this long is closed.
 pub const RELAY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);

@@ -1376,6 +1376,127 @@ fn compaction_keeps_everything_needed<S: Restart>(store: S) {
     assert!(delivered(&got).is_empty(), "{got:?}");
 }
 
+fn key_requests_are_rate_limited<S: Restart>(store: S) {
+    let config = RelayConfig {
+        key_requests_per_minute: 2,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(store, config);
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [17; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    let req = |mid: u8| Frame::DirectSend {
+        recipient: "alice",
+        group_id: gid,
+        kind: EntryKind::KeyRequest,
+        message_id: [mid; 16],
+        ciphertext: b"?",
+    };
+    sim.recv(cb);
+    for mid in 1..=2 {
+        sim.send(cb, &req(mid));
+    }
+    sim.send(cb, &req(3));
+    let got = sim.recv(cb);
+    assert!(
+        matches!(
+            got.as_slice(),
+            [
+                Got::Receipt { .. },
+                Got::Receipt { .. },
+                Got::Error(ErrorCode::RateLimited)
+            ]
+        ),
+        "{got:?}"
+    );
+    // Distributions are not key requests.
+    sim.send(
+        cb,
+        &Frame::DirectSend {
+            recipient: "alice",
+            group_id: gid,
+            kind: EntryKind::Distribution,
+            message_id: [4; 16],
+            ciphertext: b"k",
+        },
+    );
+    assert!(matches!(sim.recv(cb).as_slice(), [Got::Receipt { .. }]));
+    sim.now += Duration::from_secs(31);
+    sim.send(cb, &req(5));
+    assert!(matches!(sim.recv(cb).as_slice(), [Got::Receipt { .. }]));
+}
+
+#[test]
+fn default_limits_are_the_config_defaults() {
+    use hermes::limits::*;
+    let c = RelayConfig::default();
+    assert_eq!(c.max_frame, MAX_FRAME_LEN);
+    assert_eq!(c.ttl_ms, RELAY_TTL_MS);
+    assert_eq!(RELAY_TTL_MS, 30 * DAY_MS);
+    assert_eq!(c.queue_cap, RELAY_QUEUE_CAP);
+    assert_eq!(c.sender_quota, RELAY_SENDER_QUOTA);
+    assert_eq!(c.dedupe_window_ms, RELAY_DEDUPE_WINDOW_MS);
+    assert_eq!(c.registrations_per_minute, RELAY_REGISTRATIONS_PER_MINUTE);
+    assert_eq!(c.key_requests_per_minute, RELAY_KEY_REQUESTS_PER_MINUTE);
+    assert_eq!(c.idle_timeout, RELAY_IDLE_TIMEOUT);
+    assert_eq!(c.maintenance_interval, RELAY_MAINTENANCE_INTERVAL);
+    assert_eq!(c.copy_forward_batch, RELAY_COPY_FORWARD_BATCH);
+    assert!(!c.receipts_after_durable);
+}
+
+/// The default cap: one message over it drops exactly the oldest.
+#[test]
+fn relay_queue_cap_default_limit() {
+    let mut sim = Sim::new(MemStore::new(), RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [18; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.core.handle_disconnect(cb);
+    let n = hermes::limits::RELAY_QUEUE_CAP + 1;
+    for i in 0..n {
+        let mut mid = [0u8; 16];
+        mid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        sim.send(
+            ca,
+            &Frame::GroupSend {
+                group_id: gid,
+                epoch: 0,
+                message_id: mid,
+                ciphertext: b"m",
+            },
+        );
+        if i % 1024 == 0 {
+            sim.recv(ca);
+        }
+    }
+    assert_eq!(sim.core.stats().dropped_over_cap, 1);
+    let (_, got) = sim.login(&bob);
+    assert!(
+        matches!(got[2], Got::Gap { count: 1, .. }),
+        "{:?}",
+        &got[..3]
+    );
+    assert_eq!(delivered(&got).len(), hermes::limits::RELAY_QUEUE_CAP);
+}
+
+/// The default idle timeout closes a silent connection, and a ping keeps
+/// one alive.
+#[test]
+fn relay_idle_timeout_default_limit() {
+    let mut sim = Sim::new(MemStore::new(), RelayConfig::default());
+    let quiet = sim.connect();
+    let chatty = sim.connect();
+    let step = hermes::limits::RELAY_IDLE_TIMEOUT / 4;
+    for _ in 0..6 {
+        sim.send(chatty, &Frame::Ping { nonce: 1 });
+        sim.recv(chatty);
+        sim.advance(step);
+    }
+    assert_eq!(sim.closes(), vec![(quiet, CloseReason::Idle)]);
+}
+
 // ---------------------------------------------------------------------------
 // Durability: receipts under fsync always, power loss.
 // ---------------------------------------------------------------------------
@@ -1575,6 +1696,10 @@ fn mem_lists_and_identities() {
 #[test]
 fn mem_registration_rate_limit() {
     registration_rate_limit(mem());
+}
+#[test]
+fn mem_key_requests_are_rate_limited() {
+    key_requests_are_rate_limited(mem());
 }
 #[test]
 fn mem_compaction_keeps_everything_needed() {

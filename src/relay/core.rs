@@ -82,6 +82,8 @@ pub struct RelayConfig {
     pub dedupe_window_ms: u64,
     /// Registrations allowed per minute, relay-wide (also the burst).
     pub registrations_per_minute: u32,
+    /// Key requests each user may send per minute (also the burst).
+    pub key_requests_per_minute: u32,
     /// Close connections silent for this long.
     pub idle_timeout: Duration,
     /// How often to expire entries, prune the dedupe window and compact.
@@ -106,6 +108,7 @@ impl Default for RelayConfig {
             sender_quota: limits::RELAY_SENDER_QUOTA,
             dedupe_window_ms: limits::RELAY_DEDUPE_WINDOW_MS,
             registrations_per_minute: limits::RELAY_REGISTRATIONS_PER_MINUTE,
+            key_requests_per_minute: limits::RELAY_KEY_REQUESTS_PER_MINUTE,
             idle_timeout: limits::RELAY_IDLE_TIMEOUT,
             maintenance_interval: limits::RELAY_MAINTENANCE_INTERVAL,
             copy_forward_batch: limits::RELAY_COPY_FORWARD_BATCH,
@@ -217,6 +220,7 @@ struct User {
     sessions: Vec<ConnId>,
     groups: Vec<u32>,
     quota_used: usize,
+    key_requests: TokenBucket,
 }
 
 struct Group {
@@ -535,11 +539,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 );
             }
             (_, None) => self.fail(conn, ErrorCode::NotAuthenticated, kind_byte, [0; 16], false),
-            (f, Some(u)) => self.on_request(conn, u, f, unix_ms),
+            (f, Some(u)) => self.on_request(conn, u, f, now, unix_ms),
         }
     }
 
-    fn on_request(&mut self, conn: ConnId, user: u32, f: Frame<'_>, unix_ms: u64) {
+    fn on_request(&mut self, conn: ConnId, user: u32, f: Frame<'_>, now: Instant, unix_ms: u64) {
         match f {
             Frame::FetchIdentities(names) => self.on_fetch_identities(conn, &names),
             Frame::CreateGroup { genesis } => self.on_create_group(conn, user, genesis, unix_ms),
@@ -563,7 +567,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 message_id,
                 ciphertext,
             } => self.on_direct_send(
-                conn, user, recipient, group_id, kind, message_id, ciphertext, unix_ms,
+                conn, user, recipient, group_id, kind, message_id, ciphertext, now, unix_ms,
             ),
             Frame::Ack { up_to } => self.on_ack(conn, user, up_to, unix_ms),
             // Register, login and ping are handled by the caller; relay

@@ -183,6 +183,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             sessions: Vec::new(),
             groups: Vec::new(),
             quota_used: 0,
+            key_requests: TokenBucket::new(self.config.key_requests_per_minute),
         });
         self.by_name.insert(name.into(), id);
         self.owners.insert(record, Owner::Account(id));

@@ -444,11 +444,20 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         kind: EntryKind,
         message_id: MessageId,
         ciphertext: &[u8],
+        now: Instant,
         unix_ms: u64,
     ) {
         let k = FrameKind::DirectSend as u8;
         if self.resend_receipt(conn, user, message_id) {
             return;
+        }
+        if kind == EntryKind::KeyRequest
+            && self
+                .users
+                .get_mut(user as usize)
+                .is_some_and(|u| !u.key_requests.take(now))
+        {
+            return self.fail(conn, ErrorCode::RateLimited, k, message_id, false);
         }
         let Ok(recipient) = normalize_name(recipient) else {
             return self.fail(conn, ErrorCode::BadName, k, message_id, false);
