@@ -165,6 +165,15 @@ pub const RELAY_MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration:
 /// Records copied forward per maintenance pass (bounds the work per pass).
 pub const RELAY_COPY_FORWARD_BATCH: usize = 1024;
 
+/// Most reply bytes (pongs, receipts, lists, errors) the core keeps queued
+/// for a connection that is not reading them. A client that keeps sending
+/// requests while its replies pile up past this gets a `RateLimited` error
+/// and is closed, so a never-reading connection costs at most this plus
+/// one reply (deliveries are pulled from the mailbox, never queued here).
+/// Added by issue 8 (abuse): before it, a pinging client that never read
+/// grew the relay's memory without bound.
+pub const RELAY_MAX_REPLY_BACKLOG: usize = 1 << 20;
+
 // --- Mailbox (src/mailbox) -------------------------------------------------
 
 /// Largest record payload any store accepts: a maximal 1 MiB frame plus the

@@ -414,3 +414,42 @@ fn a_state_file_with_any_flipped_byte_is_refused_with_a_clear_error() {
         42
     );
 }
+
+#[test]
+fn the_client_binary_refuses_a_corrupted_state_file() {
+    // The CLI path: `hermes fingerprint` must fail with the corruption
+    // error, not start over with fresh keys.
+    let root = tempfile::tempdir().unwrap();
+    let dir = StateDir::new(root.path(), "alice").unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let st = ClientState::new(
+        "alice",
+        IdentityKeyPair::generate(DhGroup::Ffdhe2048, &mut rng),
+    );
+    let cost = KdfCost::insecure_for_tests(1000);
+    dir.create(b"pw", cost, &st, &mut rng).unwrap();
+    let path = dir.path().join("state");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() - 40;
+    bytes[mid] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hermes"))
+        .args([
+            "fingerprint",
+            "bob",
+            "--user",
+            "alice",
+            "--server",
+            "127.0.0.1:9",
+        ])
+        .arg("--state-dir")
+        .arg(root.path())
+        .arg("--insecure-test-kdf")
+        .env("HERMES_PASSPHRASE", "pw")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr: {stderr}");
+    assert!(stderr.contains("corrupted"), "stderr: {stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "file left untouched");
+}

@@ -502,6 +502,10 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             return;
         }
         c.last_seen = now;
+        if c.control.len().saturating_sub(c.control_pos) > limits::RELAY_MAX_REPLY_BACKLOG {
+            let kind = frame.get(1).copied().unwrap_or(0);
+            return self.fail(conn, ErrorCode::RateLimited, kind, [0; 16], true);
+        }
         let user = match c.auth {
             Auth::User(u) => Some(u),
             Auth::Challenge(_) | Auth::Spent => None,

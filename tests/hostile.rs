@@ -1,0 +1,286 @@
+//! Abuse (issue 8): hostile clients against the relay core and the real
+//! event loop, while a normal conversation carries on.
+//!
+//! What the relay server's own tests already cover is not repeated here
+//! (malformed frames, unauthenticated slowloris via the handshake timeout,
+//! idle timeout, a never-reading *recipient*, per-connection frame rate,
+//! maximal frames). This file adds:
+//!
+//! - a client that keeps sending requests but never reads the replies: it
+//!   is closed at `RELAY_MAX_REPLY_BACKLOG` (before this limit the relay's
+//!   memory grew without bound: found by this test);
+//! - one registration per connection;
+//! - a mixed attack — random-byte connections, oversized frames, logged-in
+//!   slowloris, a registration flood — during a conversation: every abuser
+//!   is refused or closed, the conversation never stalls.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    reason = "test harness: a failed step is a failed test"
+)]
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hermes::crypto::identity::SigningKeyPair;
+use hermes::limits::RELAY_MAX_REPLY_BACKLOG;
+use hermes::mailbox::MemStore;
+use hermes::relay::{CloseReason, ConnId, RelayConfig, RelayCore, ServerConfig, spawn_relay};
+use hermes::wire::{ErrorCode, Frame, register_message};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use support::{Got, RawClient, User, mid};
+
+fn core() -> RelayCore<MemStore, StdRng> {
+    RelayCore::open(
+        MemStore::new(),
+        StdRng::seed_from_u64(1),
+        SigningKeyPair::from_secret_bytes(&[7; 32]),
+        RelayConfig::default(),
+        Instant::now(),
+        1_800_000_000_000,
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn a_requester_that_never_reads_is_closed_at_the_reply_backlog_bound() {
+    let mut core = core();
+    let now = Instant::now();
+    let c = ConnId(1);
+    core.handle_connect(c, now);
+    let pings: Vec<u8> = (0..1000u64)
+        .flat_map(|n| Frame::Ping { nonce: n }.to_vec())
+        .collect();
+    let mut closed = None;
+    for _ in 0..200 {
+        core.handle_bytes(c, &pings, now, 0);
+        if let Some(x) = core.poll_close() {
+            closed = Some(x);
+            break;
+        }
+    }
+    assert_eq!(
+        closed,
+        Some((c, CloseReason::Protocol(ErrorCode::RateLimited)))
+    );
+    // What it left queued is bounded by the limit plus one reply.
+    let mut out = Vec::new();
+    while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+    assert!(out.len() > RELAY_MAX_REPLY_BACKLOG, "{}", out.len());
+    assert!(out.len() <= RELAY_MAX_REPLY_BACKLOG + 4096, "{}", out.len());
+    // A reader that drains as it goes is never cut off.
+    let d = ConnId(2);
+    core.handle_connect(d, now);
+    for _ in 0..200 {
+        core.handle_bytes(d, &pings, now, 0);
+        let mut out = Vec::new();
+        while core.poll_transmit(d, &mut out, 1 << 20) > 0 {}
+    }
+    assert_eq!(core.poll_close(), None);
+}
+
+#[test]
+fn a_connection_registers_at_most_one_name() {
+    let mut core = core();
+    let now = Instant::now();
+    let c = ConnId(1);
+    core.handle_connect(c, now);
+    let mut out = Vec::new();
+    while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+    let Ok(Some((hello, _))) = hermes::wire::split_frame(&out, 1 << 20) else {
+        panic!("no hello")
+    };
+    let Ok(Frame::Hello(h)) = Frame::decode(hello) else {
+        panic!("no hello")
+    };
+    let key = core.relay_key();
+    let mut register = |u: &User| {
+        let proof = u.keys.sign(&register_message(&h.challenge, &key, &u.name));
+        let f = Frame::Register {
+            name: &u.name,
+            identity: &u.identity,
+            proof,
+        }
+        .to_vec();
+        core.handle_bytes(c, &f, now, 0);
+        let mut out = Vec::new();
+        while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+        let (f, _) = hermes::wire::split_frame(&out, 1 << 20).unwrap().unwrap();
+        match Frame::decode(f).unwrap() {
+            Frame::Authenticated { .. } => None,
+            Frame::Error(e) => ErrorCode::from_u16(e.code),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(register(&User::new("first", 1)), None);
+    for i in 0..100 {
+        assert_eq!(
+            register(&User::new(&format!("extra{i}"), 100 + i)),
+            Some(ErrorCode::AlreadyAuthenticated)
+        );
+    }
+}
+
+/// A logged-in client that writes pings as fast as it can and never reads
+/// is cut off by the real event loop (it used to make the relay buffer
+/// every pong forever).
+#[test]
+fn the_event_loop_cuts_off_a_pinger_that_never_reads() {
+    let mut config = ServerConfig::ephemeral();
+    config.max_frames_per_sec = 10_000_000;
+    let relay = spawn_relay(config).unwrap();
+    let u = User::new("pinger", 9);
+    let mut c = RawClient::register(relay.addr(), &u);
+    let burst: Vec<u8> = (0..10_000u64)
+        .flat_map(|n| Frame::Ping { nonce: n }.to_vec())
+        .collect();
+    let mut written = 0usize;
+    let started = Instant::now();
+    // After the close the relay lingers (RELAY_CLOSE_LINGER) reading and
+    // discarding, then drops the socket: our writes start failing.
+    let cut_off = loop {
+        if c.stream.write_all(&burst).is_err() {
+            break true;
+        }
+        written += burst.len();
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(cut_off, "still accepting after {written} bytes of pings");
+    // The relay is fine.
+    let mut other = RawClient::register(relay.addr(), &User::new("other", 10));
+    other.send(&Frame::Ping { nonce: 1 });
+    assert_eq!(other.recv(), Some(Got::Pong { nonce: 1 }));
+    relay.join().unwrap();
+}
+
+#[test]
+fn a_mixed_attack_never_stalls_a_conversation() {
+    let mut config = ServerConfig::ephemeral();
+    config.core.idle_timeout = Duration::from_millis(600);
+    config.handshake_timeout = Duration::from_millis(600);
+    config.core.registrations_per_minute = 60;
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let (alice, bob) = (User::new("alice", 1), User::new("bob", 2));
+    let mut a = RawClient::register(addr, &alice);
+    let mut b = RawClient::register(addr, &bob);
+    let gid = [3; 16];
+    a.create_group(&alice, &[&alice, &bob], gid);
+    let mut n = 0u32;
+    let mut chat = |a: &mut RawClient, b: &mut RawClient| {
+        // Pings keep both inside the short idle timeout.
+        a.send(&Frame::Ping { nonce: 0 });
+        b.send(&Frame::Ping { nonce: 0 });
+        a.group_send(gid, mid(1, n), b"still here");
+        loop {
+            let g = b.recv().expect("bob was cut off");
+            if let Got::Deliver { message_id, .. } = g
+                && message_id == mid(1, n)
+            {
+                break;
+            }
+        }
+        n += 1;
+    };
+    chat(&mut a, &mut b);
+    let mut rng = StdRng::seed_from_u64(8);
+
+    // 1. Random bytes on 200 connections: each refused and closed.
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut bad = RawClient::connect(addr);
+        let len = rng.random_range(1..2048);
+        let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let _ = bad.send_raw(&junk);
+        // Whatever the bytes were, the relay answers with errors or waits
+        // for the rest of a frame; a short write of a partial frame is
+        // closed by the handshake timeout.
+        while let Some(g) = bad.recv() {
+            assert!(matches!(g, Got::Error { .. } | Got::Pong { .. }), "{g:?}");
+        }
+        closed += 1;
+        chat(&mut a, &mut b);
+    }
+    assert_eq!(closed, 200);
+
+    // 2. Oversized frames: refused before any of the body is buffered.
+    for _ in 0..50 {
+        let mut big = RawClient::connect(addr);
+        let _ = big.send_raw(&[0x01, 0x00, 0x00, 0x00, 1, 0x2b]);
+        assert_eq!(
+            big.recv().as_ref().and_then(Got::error_code),
+            Some(ErrorCode::FrameTooLarge)
+        );
+        assert_eq!(big.recv(), None);
+    }
+    chat(&mut a, &mut b);
+
+    // 3. Logged-in slowloris: 20 users each trickle one byte of a frame
+    // every 100 ms and never finish it; the idle timeout closes them.
+    let mut slow: Vec<RawClient> = (0..20)
+        .map(|i| RawClient::register(addr, &User::new(&format!("slow{i}"), 50 + i)))
+        .collect();
+    let frame = Frame::Ping { nonce: 1 }.to_vec();
+    let started = Instant::now();
+    let mut alive = slow.len();
+    for k in 0..frame.len() - 1 {
+        for s in &mut slow {
+            let _ = s.send_raw(&frame[k..=k]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        chat(&mut a, &mut b);
+    }
+    for s in &mut slow {
+        s.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        while s.recv().is_some() {}
+        alive -= 1;
+    }
+    assert_eq!(alive, 0);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    chat(&mut a, &mut b);
+
+    // 4. A registration flood: 200 new names from 200 connections. The
+    // relay-wide rate (60 a minute, already partly spent) admits a few;
+    // the rest are refused and closed.
+    let mut admitted = 0;
+    let mut limited = 0;
+    for i in 0..200 {
+        let u = User::new(&format!("flood{i}"), 1000 + i);
+        let mut c = RawClient::connect(addr);
+        let proof = u
+            .keys
+            .sign(&register_message(&c.challenge, &c.relay_key, &u.name));
+        c.send(&Frame::Register {
+            name: &u.name,
+            identity: &u.identity,
+            proof,
+        });
+        match c.recv() {
+            Some(Got::Authenticated { .. }) => admitted += 1,
+            Some(g) if g.error_code() == Some(ErrorCode::RegistrationRateLimited) => {
+                limited += 1;
+                assert_eq!(c.recv(), None, "refused registrations are closed");
+            }
+            other => panic!("{other:?}"),
+        }
+        chat(&mut a, &mut b);
+    }
+    // 22 of the burst went to alice, bob and the slowloris users; the
+    // bucket refills at one a second while the test runs.
+    assert!(admitted <= 60, "{admitted} admitted");
+    assert!(limited >= 130, "{limited} limited");
+    chat(&mut a, &mut b);
+    relay.join().unwrap();
+}
