@@ -906,3 +906,41 @@ fn the_next_segment_is_prepared_in_the_background_and_cleaned_up() {
     assert_eq!(replayed(&s), expected(&ids, |_| true));
     assert!(s.recovery_report().is_clean());
 }
+
+/// A crash (the process ends without closing the store: no final msync,
+/// no truncation, a half-written prepared segment may be left) loses
+/// nothing that was appended: the page cache outlives the process.
+#[test]
+fn crash_without_close_loses_nothing_appended() {
+    const CHILD: &str = "HERMES_MAILBOX_CRASH_CHILD";
+    if let Ok(dir) = std::env::var(CHILD) {
+        let mut s = open_at(Path::new(&dir), 8192, FsyncPolicy::Batch);
+        append_n(&mut s, 40);
+        // Exit without running destructors: the store is never dropped.
+        std::process::exit(3);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_without_close_loses_nothing_appended",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "the child crashed as planned");
+    let files = segment_files(dir.path());
+    let last_len = std::fs::metadata(files.last().unwrap()).unwrap().len();
+    assert_eq!(
+        last_len, 8192,
+        "no clean close: the preallocated tail is still there"
+    );
+    let mut s = open_at(dir.path(), 8192, FsyncPolicy::Batch);
+    let ids: Vec<RecordId> = (1..=40).map(RecordId).collect();
+    assert_eq!(replayed(&s), expected(&ids, |_| true));
+    assert!(s.recovery_report().is_clean(), "{:?}", s.recovery_report());
+    assert_eq!(s.durable_up_to(), Some(RecordId(40)), "synced on open");
+    assert_eq!(s.append(0, 0, b"after").unwrap(), RecordId(41));
+}

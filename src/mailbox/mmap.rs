@@ -3,10 +3,12 @@
 //! (PROTOCOL.md, Part 4, has every byte).
 //!
 //! ```text
-//!   loop thread                         sync thread (Always / Batch)
+//!   loop thread                         sync thread
 //!   append ─► encode into MmapMut ─┐
 //!            (active segment)      └─► dirty range ─► msync (MmapRaw) ─► durable mark
-//!   get / replay ◄─ index: id → (segment, offset)                       └─► on_durable()
+//!   get / replay ◄─ index: id → (segment, offset)     (Always / Batch)  └─► on_durable()
+//!   rollover ◄─ rename prepared.tmp ◄──────────────── prepare next segment (all policies)
+//!   compact ──► segment map + path ──────────────────► munmap + unlink  (all policies)
 //! ```
 //!
 //! On open every segment is scanned and sealed; appends always go to a fresh
@@ -314,8 +316,11 @@ enum ScanEnd {
 
 impl MmapStore {
     /// Opens (or creates) the store under `<dir>/segments/`, scans every
-    /// segment (see [`Store::recovery_report`]), and starts the sync thread
-    /// for [`FsyncPolicy::Always`] and [`FsyncPolicy::Batch`].
+    /// segment (see [`Store::recovery_report`]), starts a fresh segment for
+    /// appends, and starts the sync thread (which msyncs under
+    /// [`FsyncPolicy::Always`] and [`FsyncPolicy::Batch`], and does the
+    /// background file work under every policy). `on_durable` is called on
+    /// the sync thread each time the durable mark advances.
     ///
     /// # Errors
     /// [`StoreError::BadConfig`] for settings out of range;
