@@ -260,3 +260,41 @@ fn relay_restart_mid_conversation() {
     bob.send_text("crew", "back").unwrap();
     assert_eq!(texts(&read(&mut alice)), vec!["bob: back"]);
 }
+
+#[test]
+fn text_typed_while_the_relay_is_down_is_queued_encrypted_and_sent_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("relay");
+    let r = relay(&data);
+    let addr = r.addr();
+    let a = addr.to_string();
+    let root = tmp.path().join("clients");
+    let mut alice = register(&a, "alice", &root, 41);
+    let mut bob = register(&a, "bob", &root, 42);
+    alice.create_group("crew", &["bob".into()]).unwrap();
+    r.shutdown();
+    r.join().unwrap();
+
+    alice.queue_text("crew", "typed offline").unwrap();
+    assert!(
+        alice.queue_text("crew", "  ").is_err(),
+        "never queue an empty line"
+    );
+    assert!(alice.flush_outbox().is_err());
+    assert_eq!(alice.state(|st| st.outbox.len()).unwrap(), 1);
+    // The state file holds it encrypted: the text is not in the file.
+    let file = std::fs::read(root.join("alice").join("state")).unwrap();
+    assert!(!file.windows(13).any(|w| w == b"typed offline"));
+
+    let mut cfg = ServerConfig::ephemeral_in(&data);
+    cfg.listen = addr;
+    cfg.core.registrations_per_minute = 100_000;
+    let _r2 = spawn_relay(cfg).unwrap();
+    let sent = alice.flush_outbox().unwrap();
+    assert_eq!(
+        sent,
+        vec![Ok(("crew".to_string(), "typed offline".to_string()))]
+    );
+    assert_eq!(alice.state(|st| st.outbox.len()).unwrap(), 0);
+    assert_eq!(texts(&read(&mut bob)), vec!["alice: typed offline"]);
+}

@@ -7,7 +7,6 @@
 //! with backoff; lines typed meanwhile wait in a queue and are sent,
 //! encrypted, once the client is connected and its keys are out.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,7 +53,7 @@ enum Input {
 struct Chat<R: CryptoRng> {
     client: Client<R>,
     current: Option<String>,
-    queue: VecDeque<(String, String)>,
+    maybe_queued: bool,
     out: std::io::Stdout,
 }
 
@@ -77,34 +76,30 @@ impl<R: CryptoRng> Chat<R> {
         Ok(())
     }
 
-    /// Sends queued lines; stops at the first connection failure.
+    /// Sends the queued lines (the outbox in the encrypted state); stops at
+    /// the first connection failure, leaving the rest queued.
     fn flush_queue(&mut self) -> Result<(), ClientError> {
-        while let Some((group, text)) = self.queue.front().cloned() {
-            match self.client.send_text(&group, &text) {
-                Ok(_) => {
-                    self.queue.pop_front();
-                    let me = self.client.user().to_owned();
-                    let line = if self.current.as_deref() == Some(group.as_str()) {
-                        format!("{me}: {text}")
-                    } else {
-                        format!("[{group}] {me}: {text}")
-                    };
-                    self.say(&line);
+        self.maybe_queued = true;
+        let sent = self.client.flush_outbox()?;
+        self.maybe_queued = false;
+        let me = self.client.user().to_owned();
+        for line in sent {
+            let text = match line {
+                Ok((group, text)) if self.current.as_deref() == Some(group.as_str()) => {
+                    format!("{me}: {text}")
                 }
-                Err(
-                    e
-                    @ (ClientError::Io(_) | ClientError::Connect { .. } | ClientError::Timeout(_)),
-                ) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    // Not a connection problem: this line cannot be sent.
-                    self.queue.pop_front();
-                    self.say(&format!("not sent: {e}"));
-                }
-            }
+                Ok((group, text)) => format!("[{group}] {me}: {text}"),
+                Err(why) => why,
+            };
+            self.say(&text);
         }
         Ok(())
+    }
+
+    /// True while lines may be waiting in the outbox (cheap: an in-memory
+    /// flag, set when a line is queued or a flush fails).
+    fn queued(&self) -> bool {
+        self.maybe_queued
     }
 
     fn current_or_complain(&mut self) -> Option<String> {
@@ -225,8 +220,16 @@ impl<R: CryptoRng> Chat<R> {
             }
             _ => {
                 if let Some(g) = self.current_or_complain() {
-                    self.queue.push_back((g, line.to_owned()));
-                    self.flush_queue()
+                    match self.client.queue_text(&g, line) {
+                        Ok(()) => {
+                            if let Err(e) = self.flush_queue() {
+                                self.say(&format!("(queued until the relay is back: {e})"));
+                                self.client.disconnect();
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else {
                     Ok(())
                 }
@@ -268,7 +271,7 @@ pub fn run(o: &CommonOptions) -> CmdResult {
     let mut chat = Chat {
         client,
         current: None,
-        queue: VecDeque::new(),
+        maybe_queued: true, // lines left queued by an earlier run
         out: std::io::stdout(),
     };
     let groups = chat.client.state(list_groups)?;
@@ -302,7 +305,7 @@ pub fn run(o: &CommonOptions) -> CmdResult {
                     if n > 0 {
                         let _ = chat.show_inbox();
                     }
-                    if !chat.queue.is_empty() && chat.flush_queue().is_err() {
+                    if chat.queued() && chat.flush_queue().is_err() {
                         chat.client.disconnect();
                     }
                 }
@@ -336,7 +339,7 @@ pub fn run(o: &CommonOptions) -> CmdResult {
         }
         if eof {
             // Piped input ended: give queued lines a last chance, then stop.
-            if !chat.queue.is_empty() {
+            if chat.queued() {
                 let _ = chat.flush_queue();
             }
             let _ = chat.client.poll(Duration::from_millis(200));

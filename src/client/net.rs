@@ -939,12 +939,21 @@ impl<R: CryptoRng> Client<R> {
         let gid = self.state(|st| super::session::resolve_group(st, group))??;
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
+        self.send_text_as(&gid, text, id)
+    }
+
+    fn send_text_as(
+        &mut self,
+        gid: &GroupId,
+        text: &str,
+        id: MessageId,
+    ) -> Result<Receipt, ClientError> {
         let mut tries = 0;
         loop {
             tries += 1;
-            self.flush_owed_in(&gid)?;
+            self.flush_owed_in(gid)?;
             let frame =
-                self.step(|session, st, _| session.seal_text(st, &gid, text, id, unix_ms()))?;
+                self.step(|session, st, _| session.seal_text(st, gid, text, id, unix_ms()))?;
             match self.call_send(&frame, FrameKind::GroupSend, id) {
                 Ok(r) => return Ok(r),
                 Err(ClientError::Refused { code, .. })
@@ -952,10 +961,79 @@ impl<R: CryptoRng> Client<R> {
                 {
                     // A commit raced the send: apply it, re-key if needed,
                     // and re-seal under the new epoch (same message id).
-                    self.catch_up_group(&gid)?;
+                    self.catch_up_group(gid)?;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Queues `text` for the group named `group` in the encrypted state
+    /// (the outbox), to be sealed and sent by [`Client::flush_outbox`] once
+    /// the relay is reachable and my key is out: text typed while offline
+    /// is never lost and never sent in plaintext.
+    ///
+    /// # Errors
+    /// [`SessionError::EmptyMessage`], unknown group, state errors.
+    pub fn queue_text(&mut self, group: &str, text: &str) -> Result<(), ClientError> {
+        if text.trim().is_empty() {
+            return Err(SessionError::EmptyMessage.into());
+        }
+        self.step(|_, st, rng| {
+            let group_id = super::session::resolve_group(st, group)?;
+            let mut message_id = [0u8; 16];
+            rng.fill_bytes(&mut message_id);
+            st.outbox.push(super::state::QueuedText {
+                group_id,
+                message_id,
+                text: text.to_owned(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Sends the outbox in order; returns (group name, text) of each line
+    /// sent. Stops at the first connection failure (the rest stays
+    /// queued); a line that can never be sent (group closed, say) is
+    /// dropped and reported as an `Err` entry.
+    ///
+    /// # Errors
+    /// Connection errors (nothing lost: the unsent lines stay queued).
+    #[allow(clippy::type_complexity)] // (group, text) per line, or why it was dropped
+    pub fn flush_outbox(&mut self) -> Result<Vec<Result<(String, String), String>>, ClientError> {
+        let mut done = Vec::new();
+        loop {
+            let next = self.state(|st| {
+                st.outbox.first().map(|q| {
+                    let name = st
+                        .groups
+                        .get(&q.group_id)
+                        .and_then(|r| crate::group::GroupSession::from_state_bytes(&r.crypto).ok())
+                        .map(|g| g.state().display_name().to_owned())
+                        .unwrap_or_default();
+                    (q.clone(), name)
+                })
+            })?;
+            let Some((q, name)) = next else {
+                return Ok(done);
+            };
+            self.ensure_connected()?;
+            let r = self.send_text_as(&q.group_id, &q.text, q.message_id);
+            let outcome = match r {
+                Ok(_) => Ok((name, q.text.clone())),
+                Err(
+                    e
+                    @ (ClientError::Io(_) | ClientError::Connect { .. } | ClientError::Timeout(_)),
+                ) => {
+                    return Err(e);
+                }
+                Err(e) => Err(format!("not sent to {name}: {:?}: {e}", q.text)),
+            };
+            self.step(|_, st, _| {
+                st.outbox.retain(|x| x.message_id != q.message_id);
+                Ok(())
+            })?;
+            done.push(outcome);
         }
     }
 
