@@ -1,10 +1,11 @@
-//! Direct (pairwise) group messages. Sender-key distributions: a member's (group id, epoch, key id, chain key,
-//! iteration, signing public key), sealed inside the pairwise envelope from
+//! Direct (pairwise) group messages: sender-key distributions (a member's
+//! group id, epoch, key id, chain key, iteration and signing public key),
+//! welcomes and key requests, each sealed inside the pairwise envelope from
 //! the sender to one recipient.
 //!
-//! The envelope's authenticated header names the sender and the recipient
-//! ([`DistributionHeader`]) and the keys are the pairwise channel keys of
-//! that direction (`channel_keys(Z, sender, recipient)`), so a distribution
+//! The envelope's authenticated header names the kind, the sender and the
+//! recipient ([`DirectHeader`]) and the keys are the pairwise channel keys
+//! of that direction (`channel_keys(Z, sender, recipient)`), so a message
 //! reflected back to its sender, or replayed to another member, fails the
 //! HMAC or the header check.
 
