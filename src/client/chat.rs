@@ -37,11 +37,17 @@ anything else is sent to the current group";
 /// group, `[group] name: text` elsewhere, notices as they are.
 #[must_use]
 pub fn chat_line(e: &InboxEntry, current: Option<&str>) -> String {
+    use super::commands::printable;
     let here = current == Some(e.group_name.as_str());
+    let (g, who, text) = (
+        printable(&e.group_name),
+        printable(&e.sender),
+        printable(&e.text),
+    );
     match (e.notice, here || e.group_name.is_empty()) {
-        (true, _) => e.text.clone(),
-        (false, true) => format!("{}: {}", e.sender, e.text),
-        (false, false) => format!("[{}] {}: {}", e.group_name, e.sender, e.text),
+        (true, _) => text,
+        (false, true) => format!("{who}: {text}"),
+        (false, false) => format!("[{g}] {who}: {text}"),
     }
 }
 

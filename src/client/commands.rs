@@ -293,17 +293,39 @@ pub fn send(o: &CommonOptions, group: &str, text: Option<String>) -> CmdResult {
     Ok(())
 }
 
-/// One inbox entry as a line of text.
+/// `s` safe to print on a terminal: control characters (escape sequences
+/// that could rewrite the screen or fake another sender's line, carriage
+/// returns, newlines) are shown as `\u{..}` escapes. Message text is
+/// attacker-chosen; the JSON output escapes by itself.
+#[must_use]
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One inbox entry as a line of text (control characters escaped).
 #[must_use]
 pub fn format_entry(e: &InboxEntry) -> String {
+    let (g, who, text) = (
+        printable(&e.group_name),
+        printable(&e.sender),
+        printable(&e.text),
+    );
     if e.notice {
-        if e.group_name.is_empty() {
-            format!("* {}", e.text)
+        if g.is_empty() {
+            format!("* {text}")
         } else {
-            format!("[{}] * {}", e.group_name, e.text)
+            format!("[{g}] * {text}")
         }
     } else {
-        format!("[{}] {}: {}", e.group_name, e.sender, e.text)
+        format!("[{g}] {who}: {text}")
     }
 }
 
@@ -375,4 +397,45 @@ pub fn trust(o: &CommonOptions, user: &str) -> CmdResult {
 #[must_use]
 pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(text: &str, notice: bool) -> InboxEntry {
+        InboxEntry {
+            group_id: [1; 16],
+            group_name: "crew".into(),
+            sender: "zoë".into(),
+            sent_at_ms: 5,
+            text: text.into(),
+            id: [2; 16],
+            notice,
+        }
+    }
+
+    #[test]
+    fn lines_escape_terminal_control_characters() {
+        let e = entry("hi\u{1b}[2J\rbob: fake\nline", false);
+        let line = format_entry(&e);
+        assert_eq!(line, "[crew] zoë: hi\\u{1b}[2J\\u{d}bob: fake\\u{a}line");
+        assert!(!line.chars().any(char::is_control));
+        assert_eq!(
+            format_entry(&entry("bob has left crew", true)),
+            "[crew] * bob has left crew"
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_the_documented_fields() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json_entry(&entry("a\nb", false))).unwrap();
+        assert_eq!(v["group"], "crew");
+        assert_eq!(v["sender"], "zoë");
+        assert_eq!(v["sent_at"], 5);
+        assert_eq!(v["text"], "a\nb");
+        assert_eq!(v["id"], "02".repeat(16));
+        assert_eq!(v["notice"], false);
+    }
 }

@@ -1161,6 +1161,25 @@ mod tests {
     }
 
     #[test]
+    fn the_standard_kdf_round_trips() {
+        // One real 600,000-iteration file (two derivations): the path every
+        // user takes goes through `kdf::passphrase_keys`.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut rng = rng();
+        let dir = StateDir::new(tmp.path(), "al").unwrap();
+        let st = sample_state(&mut rng);
+        dir.create(b"pw", KdfCost::standard(), &st, &mut rng)
+            .unwrap();
+        let un = dir.unlock(b"pw", KdfCost::standard()).unwrap();
+        assert_same(&un.load().unwrap(), &st);
+        let header = parse_header(&fs::read(dir.path().join(STATE_FILE)).unwrap())
+            .unwrap()
+            .to_vec();
+        let (iterations, _) = decode_params(&header[9..30]).unwrap();
+        assert_eq!(iterations, PBKDF2_DEFAULT_ITERATIONS);
+    }
+
+    #[test]
     fn weak_kdf_is_refused_without_opt_in() {
         let tmp = tempfile::tempdir().unwrap();
         let mut rng = rng();
