@@ -65,6 +65,10 @@ pub(crate) struct Config {
     pub(crate) server: SocketAddr,
     /// Connections (= members) in the swarm.
     pub(crate) connections: usize,
+    /// Global index of this process's first member (a multiple of the group
+    /// size), so several processes can split one swarm: process k runs
+    /// members `first_member .. first_member + connections`, whole groups.
+    pub(crate) first_member: usize,
     /// Members per group (the last group may be smaller).
     pub(crate) group_size: usize,
     /// Senders per group: the members at positions `0..senders`.
@@ -214,12 +218,20 @@ impl Shared {
         }
     }
 
+    /// A member's index within this process (window slots, worker).
+    fn local_index(&self, member: u32) -> Option<usize> {
+        usize::try_from(member)
+            .ok()?
+            .checked_sub(self.cfg.first_member)
+    }
+
     fn group_len(&self, group: u32) -> u32 {
         let g = self.cfg.group_size;
         let start = usize::try_from(group)
             .unwrap_or(usize::MAX)
             .saturating_mul(g);
-        let len = self.cfg.connections.saturating_sub(start).min(g);
+        let end = self.cfg.first_member + self.cfg.connections;
+        let len = end.saturating_sub(start).min(g);
         u32::try_from(len).unwrap_or(u32::MAX)
     }
 }
@@ -236,11 +248,16 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), DriverError> {
     if cfg.connections == 0 || cfg.connections > MAX_CONNECTIONS {
         return bad("--connections must be 1..=1000000");
     }
-    if u32::try_from(cfg.connections).is_err() {
-        return bad("--connections too large");
+    if cfg.first_member > MAX_CONNECTIONS
+        || u32::try_from(cfg.first_member + cfg.connections).is_err()
+    {
+        return bad("--first-member too large");
     }
     if cfg.group_size == 0 || cfg.group_size > cfg.connections {
         return bad("--group-size must be 1..=connections");
+    }
+    if cfg.group_size > 0 && !cfg.first_member.is_multiple_of(cfg.group_size) {
+        return bad("--first-member must be a multiple of --group-size (whole groups per process)");
     }
     if cfg.senders_per_group == 0 || cfg.senders_per_group > cfg.group_size {
         return bad("--senders must be 1..=group-size");
@@ -518,9 +535,10 @@ impl<P: Proto> Worker<P> {
         ctx: Arc<P::Ctx>,
     ) -> io::Result<Worker<P>> {
         let n = shared.cfg.connections;
+        let first = shared.cfg.first_member;
         let mut to_open: Vec<u32> = (0..n)
             .filter(|m| m % threads == id)
-            .filter_map(|m| u32::try_from(m).ok())
+            .filter_map(|m| u32::try_from(first + m).ok())
             .collect();
         to_open.reverse();
         let payload = vec![0x5a; shared.cfg.payload];
@@ -692,7 +710,7 @@ impl<P: Proto> Worker<P> {
             && usize::try_from(position).is_ok_and(|p| p < cfg.senders_per_group))
         .then(|| {
             let period_ns = cfg.rate.map_or(0.0, |r| 1e9 / r);
-            let frac = f64::from(m) / cfg.connections as f64;
+            let frac = f64::from(m % 65_536) / 65_536.0;
             SenderState {
                 seq: 0,
                 offset_ns: f64_to_u64(period_ns * frac),
@@ -905,7 +923,8 @@ impl<P: Proto> Worker<P> {
                             self.local.delivered += 1;
                             self.hist
                                 .saturating_record(now_ns.saturating_sub(st.sent_ns).max(1));
-                            if let (Some(w), Ok(s)) = (&shared.window, usize::try_from(st.sender))
+                            if let (Some(w), Some(s)) =
+                                (&shared.window, shared.local_index(st.sender))
                                 && w.on_receive(s, st.seq)
                             {
                                 let owner = s % self.threads;
@@ -937,7 +956,7 @@ impl<P: Proto> Worker<P> {
             self.pending_connects = self.pending_connects.saturating_sub(1);
             self.local.ready += 1;
             let interval = duration_ns(shared.cfg.ping_interval);
-            let frac = f64::from(c.member) / shared.cfg.connections as f64;
+            let frac = f64::from(c.member % 65_536) / 65_536.0;
             c.next_ping_ns = now_ns.saturating_add(f64_to_u64(interval as f64 * (0.5 + frac)));
             if c.sender.is_some() {
                 self.senders.push(key);
@@ -973,7 +992,7 @@ impl<P: Proto> Worker<P> {
                 };
                 n = n.min(due.saturating_sub(s.seq));
             }
-            let me = usize::try_from(c.member).unwrap_or(usize::MAX);
+            let me = shared.local_index(c.member).unwrap_or(usize::MAX);
             if let Some(w) = &shared.window {
                 n = n.min(w.room(me, s.seq));
             }
@@ -1108,6 +1127,7 @@ mod tests {
         Config {
             server,
             connections: 40,
+            first_member: 0,
             group_size: 8,
             senders_per_group: 8,
             rate: None,
@@ -1160,6 +1180,29 @@ mod tests {
         assert!(r.counts.expected <= r.counts.sent * 7);
         assert!(r.counts.expected >= r.counts.sent * 4);
         assert_eq!(r.counts.self_echo, r.counts.sent);
+    }
+
+    #[test]
+    fn two_processes_split_one_swarm_by_whole_groups() {
+        let addr = fake::start(Faults::default());
+        let halves: Vec<_> = [0usize, 24]
+            .into_iter()
+            .map(|first| {
+                let mut c = cfg(addr);
+                c.first_member = first;
+                c.connections = 24; // three groups of 8 each
+                std::thread::spawn(move || run::<Mqtt>(c, Arc::new(())).unwrap())
+            })
+            .collect();
+        for h in halves {
+            let r = h.join().unwrap();
+            assert_exactly_once(&r);
+            assert_eq!(r.connected, 24);
+            assert_eq!(r.counts.expected, r.counts.sent * 7, "only its own groups");
+        }
+        let mut c = cfg(addr);
+        c.first_member = 4;
+        assert!(validate(&c).is_err(), "a process must hold whole groups");
     }
 
     #[test]

@@ -235,6 +235,9 @@ pub(crate) fn sealed_len(plaintext_len: usize, sender: &str) -> usize {
 
 /// What every Hermes connection of the swarm shares.
 pub(crate) struct HermesCtx {
+    /// Global index of `names[0]`; groups start at `first_member / group_size`.
+    first_member: usize,
+    group_size: usize,
     names: Vec<String>,
     keys: Vec<SigningKeyPair>,
     /// Group id and epoch, by group index.
@@ -257,6 +260,8 @@ struct RealKeys {
 pub(crate) struct SetupConfig {
     pub(crate) server: SocketAddr,
     pub(crate) connections: usize,
+    /// Global index of the first member (a multiple of `group_size`).
+    pub(crate) first_member: usize,
     pub(crate) group_size: usize,
     pub(crate) cache_dir: PathBuf,
     pub(crate) timeout: Duration,
@@ -278,9 +283,11 @@ pub(crate) fn member_name(cache_id: u64, i: usize) -> String {
 /// The first failing step.
 pub(crate) fn setup(cfg: &SetupConfig) -> Result<HermesCtx, HermesError> {
     let deadline = Instant::now() + cfg.timeout;
-    let (cache_id, ids) = load_identities(&cfg.cache_dir, cfg.connections)?;
+    // Member i of this process is global member first_member + i.
+    let (cache_id, mut ids) = load_identities(&cfg.cache_dir, cfg.first_member + cfg.connections)?;
+    ids.drain(..cfg.first_member.min(ids.len()));
     let names: Vec<String> = (0..cfg.connections)
-        .map(|i| member_name(cache_id, i))
+        .map(|i| member_name(cache_id, cfg.first_member + i))
         .collect();
     let threads = cfg.threads.clamp(1, 8);
 
@@ -335,6 +342,8 @@ pub(crate) fn setup(cfg: &SetupConfig) -> Result<HermesCtx, HermesError> {
         keys: ids.into_iter().map(|i| i.signing).collect(),
         groups: group_ids.into_iter().map(|g| (g, 0)).collect(),
         real,
+        first_member: cfg.first_member,
+        group_size: cfg.group_size,
     })
 }
 
@@ -627,8 +636,15 @@ impl Proto for Hermes {
     type Ctx = HermesCtx;
 
     fn new(member: &Member, ctx: &HermesCtx) -> Hermes {
-        let i = usize::try_from(member.index).unwrap_or(usize::MAX);
-        let g = usize::try_from(member.group).unwrap_or(usize::MAX);
+        let first_group = ctx.first_member / ctx.group_size.max(1);
+        let i = usize::try_from(member.index)
+            .ok()
+            .and_then(|m| m.checked_sub(ctx.first_member))
+            .unwrap_or(usize::MAX);
+        let g = usize::try_from(member.group)
+            .ok()
+            .and_then(|g| g.checked_sub(first_group))
+            .unwrap_or(usize::MAX);
         Hermes {
             name: ctx.names.get(i).cloned().unwrap_or_default(),
             keys: ctx
@@ -783,6 +799,8 @@ mod tests {
             ],
             groups: vec![([9; 16], 3)],
             real: None,
+            first_member: 0,
+            group_size: 2,
         }
     }
 
@@ -1024,6 +1042,7 @@ mod tests {
         let cfg = SetupConfig {
             server: "127.0.0.1:1".parse().unwrap(),
             connections: 2,
+            first_member: 0,
             group_size: 2,
             cache_dir: PathBuf::new(),
             timeout: Duration::from_secs(1),

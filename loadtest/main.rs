@@ -75,6 +75,12 @@ struct Args {
     /// Members per group.
     #[arg(long, default_value_t = 10)]
     group_size: usize,
+    /// Global index of this process's first member, to split one swarm over
+    /// several processes: each runs whole groups (a multiple of
+    /// --group-size) and reports its own senders and receivers; add the
+    /// JSON reports up. Closed loop (--window) works within a process.
+    #[arg(long, default_value_t = 0)]
+    first_member: usize,
     /// Open loop: messages per second per sender.
     #[arg(long)]
     rate: Option<f64>,
@@ -152,6 +158,7 @@ fn config(a: &Args) -> Result<Config, String> {
             .server
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port))),
         connections: a.connections,
+        first_member: a.first_member,
         group_size: a.group_size,
         senders_per_group: a.senders.unwrap_or(a.group_size).min(a.group_size),
         rate: a.rate,
@@ -176,6 +183,7 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
         "target": format!("{:?}", a.target).to_lowercase(),
         "server": cfg.server.to_string(),
         "connections": cfg.connections,
+        "first_member": cfg.first_member,
         "group_size": cfg.group_size,
         "senders_per_group": cfg.senders_per_group,
         "rate": cfg.rate,
@@ -261,6 +269,7 @@ fn run(a: &Args) -> Result<bool, String> {
             let setup = hermes::SetupConfig {
                 server: cfg.server,
                 connections: cfg.connections,
+                first_member: cfg.first_member,
                 group_size: cfg.group_size,
                 cache_dir: a
                     .cache_dir

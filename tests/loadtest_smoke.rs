@@ -154,6 +154,27 @@ fn swarm_against_an_in_process_relay_delivers_exactly_once() {
     );
     assert_exactly_once(&v, 40);
     assert_eq!(u(&v, "expected_deliveries"), u(&v, "sent") * 9, "{v:#}");
+
+    // A second process's share of a split swarm: members 200..220.
+    let v = run_swarm(
+        addr,
+        dir.path(),
+        "split.json",
+        &[
+            "--first-member",
+            "200",
+            "--connections",
+            "20",
+            "--group-size",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_exactly_once(&v, 20);
+    assert_eq!(u(&v, "first_member"), 200, "{v:#}");
     relay.shutdown();
     relay.join().unwrap();
 }
