@@ -298,3 +298,29 @@ fn text_typed_while_the_relay_is_down_is_queued_encrypted_and_sent_later() {
     assert_eq!(alice.state(|st| st.outbox.len()).unwrap(), 0);
     assert_eq!(texts(&read(&mut bob)), vec!["alice: typed offline"]);
 }
+
+#[test]
+fn a_larger_group_sets_up_in_parallel_and_everyone_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = relay(&tmp.path().join("relay"));
+    let addr = r.addr().to_string();
+    let root = tmp.path().join("clients");
+    let mut alice = register(&addr, "alice", &root, 51);
+    // Above PARALLEL_SETUP_THRESHOLD peers: the pairwise channels are
+    // computed with rayon.
+    let names: Vec<String> = (0..6).map(|i| format!("member{i}")).collect();
+    assert!(names.len() >= hermes::limits::PARALLEL_SETUP_THRESHOLD);
+    let mut others: Vec<Client<StdRng>> = names
+        .iter()
+        .zip(60..)
+        .map(|(n, seed)| register(&addr, n, &root, seed))
+        .collect();
+    alice.create_group("big", &names).unwrap();
+    alice.send_text("big", "hello all").unwrap();
+    for c in &mut others {
+        assert_eq!(texts(&read(c)), vec!["alice: hello all"]);
+    }
+    others[3].send_text("big", "hi from 3").unwrap();
+    assert_eq!(texts(&read(&mut alice)), vec!["member3: hi from 3"]);
+    assert_eq!(texts(&read(&mut others[0])), vec!["member3: hi from 3"]);
+}

@@ -34,7 +34,9 @@ use crate::crypto::dh::DhGroup;
 use crate::crypto::identity::{PublicIdentity, verify_signature};
 use crate::crypto::kdf::{EnvelopeKeys, channel_keys};
 use crate::group::distribution::{KEY_REQUEST_KIND, WELCOME_KIND, open_direct, seal_direct};
-use crate::group::{Distribution, GroupError, GroupSession, KeyRequest, Welcome};
+use crate::group::{
+    Distribution, GroupError, GroupSession, KeyRequest, Parallelism, Welcome, pairwise_channels,
+};
 use crate::limits::CLIENT_PENDING_TIMEOUT_MS;
 use crate::membership::{Commit, GroupState, MembershipError, Operation};
 use crate::wire::{
@@ -424,6 +426,52 @@ impl Session {
             .ok_or_else(|| SessionError::Need(Need::Identities(vec![peer.to_owned()])))
     }
 
+    /// Computes the pairwise channels to `peers` that are not cached yet,
+    /// in parallel (rayon above `PARALLEL_SETUP_THRESHOLD` peers: the DH
+    /// agreements are the O(n) per-client share of a group's setup). Peers
+    /// that are blocked, unpinned or do not match their roster key are
+    /// left out; [`Session::channel`] reports them one by one.
+    fn warm_channels(&mut self, st: &ClientState, roster: &GroupState, peers: &[String]) {
+        let todo: Vec<(String, PublicIdentity)> = peers
+            .iter()
+            .filter_map(|p| {
+                let c = st.contacts.get(p)?;
+                if c.changed_to.is_some()
+                    || self
+                        .channels
+                        .get(p)
+                        .is_some_and(|ch| ch.identity == c.identity)
+                {
+                    return None;
+                }
+                Some((p.clone(), PublicIdentity::decode(&c.identity).ok()?))
+            })
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let made = pairwise_channels(
+            &st.user,
+            &st.identity,
+            &todo,
+            Some(roster),
+            Parallelism::Auto,
+        );
+        for ((peer, _), ch) in todo.into_iter().zip(made) {
+            let (Ok(ch), Some(c)) = (ch, st.contacts.get(&peer)) else {
+                continue;
+            };
+            self.channels.insert(
+                peer,
+                Channel {
+                    identity: c.identity.clone(),
+                    send: ch.send,
+                    recv: ch.recv,
+                },
+            );
+        }
+    }
+
     /// Checks that the pinned identity of every named member matches its
     /// roster key; unknown ones are a [`Need`].
     fn check_roster_keys(&self, st: &ClientState, gs: &GroupState) -> Result<(), SessionError> {
@@ -653,6 +701,7 @@ impl Session {
         if !missing.is_empty() {
             return Err(SessionError::Need(Need::Identities(missing)));
         }
+        self.warm_channels(st, gs.state(), &owed);
         let mut frames = Vec::new();
         let mut blocked = Vec::new();
         for peer in owed {
