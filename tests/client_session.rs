@@ -311,3 +311,36 @@ fn a_changed_identity_blocks_keys_until_trusted() {
     assert!(trust(&mut bob.st, "alice"));
     assert!(!trust(&mut bob.st, "alice"));
 }
+
+#[test]
+fn a_gap_notice_is_shown_and_lets_the_chain_jump() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let (mut alice, mut bob, dist) = setup(&mut rng);
+    deliver(&mut bob, &dist, 2, &mut rng);
+    let gid = *bob.st.groups.keys().next().unwrap();
+    let _dropped1 = seal(&mut alice, "lost 1", 3, &mut rng);
+    let _dropped2 = seal(&mut alice, "lost 2", 3, &mut rng);
+    let kept = seal(&mut alice, "kept", 3, &mut rng);
+    bob.seq += 1;
+    let g = hermes::wire::GapNotice {
+        seq: bob.seq,
+        group_id: gid,
+        sender: "alice",
+        count: 2,
+    };
+    bob.s.handle_gap(&mut bob.st, &g, 4, &mut rng);
+    deliver(&mut bob, &kept, 5, &mut rng);
+    assert_eq!(
+        lines(&inbox(&mut bob)),
+        vec![
+            "* 2 messages from alice in crew were dropped by the relay",
+            "alice: kept"
+        ]
+    );
+    // The skipped keys were not stored: a late copy cannot be opened.
+    let skipped = hermes::group::GroupSession::from_state_bytes(&bob.st.groups[&gid].crypto)
+        .unwrap()
+        .receivers()
+        .skipped_total();
+    assert_eq!(skipped, 0);
+}
