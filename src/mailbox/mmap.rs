@@ -221,15 +221,9 @@ type PreparedSlot = Arc<Mutex<Option<Result<NewSegment, StoreError>>>>;
 const PREPARED_NAME: &str = "prepared.tmp";
 
 /// Creates `path` (0600, must not exist), preallocates and maps `len`
-/// bytes, and optionally maps it again for the sync thread (`want_raw`)
-/// and prefaults the pages writable (`populate`). A failed creation leaves
-/// no file behind.
-fn create_segment_file(
-    path: &Path,
-    len: usize,
-    want_raw: bool,
-    populate: bool,
-) -> Result<NewSegment, StoreError> {
+/// bytes, and optionally maps it again for the sync thread (`want_raw`).
+/// A failed creation leaves no file behind.
+fn create_segment_file(path: &Path, len: usize, want_raw: bool) -> Result<NewSegment, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -253,34 +247,17 @@ fn create_segment_file(
         });
     drop(file);
     match mapped {
-        Ok((map, raw)) => {
-            if populate {
-                prefault(&map);
-            }
-            Ok(NewSegment {
-                map,
-                raw,
-                path: path.to_path_buf(),
-            })
-        }
+        Ok((map, raw)) => Ok(NewSegment {
+            map,
+            raw,
+            path: path.to_path_buf(),
+        }),
         Err(e) => {
             // Best effort: a failed creation leaves no file behind.
             let _ = std::fs::remove_file(path);
             Err(e)
         }
     }
-}
-
-/// Prefaults every page of `map` writable (Linux 5.14+; best effort
-/// elsewhere), so the loop thread's first write to each page does not take
-/// a page fault.
-fn prefault(map: &MmapMut) {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = map.advise(memmap2::Advice::PopulateWrite) {
-        tracing::debug!(error = %e, "mailbox: MADV_POPULATE_WRITE unavailable");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = map;
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -636,12 +613,8 @@ impl MmapStore {
                 let len = usize::try_from(self.config.segment_bytes).map_err(|_| {
                     StoreError::BadConfig("segment size exceeds the address space".into())
                 })?;
-                let fresh = create_segment_file(
-                    &path,
-                    len,
-                    self.config.fsync != FsyncPolicy::Never,
-                    false,
-                )?;
+                let fresh =
+                    create_segment_file(&path, len, self.config.fsync != FsyncPolicy::Never)?;
                 (fresh.map, fresh.raw)
             }
         };
@@ -672,9 +645,9 @@ impl MmapStore {
         Ok(())
     }
 
-    /// Asks the sync thread to create, preallocate, map and prefault the
-    /// next segment file (under a temporary name), so that rollover on the
-    /// loop thread is a rename and the loop's writes do not page-fault.
+    /// Asks the sync thread to create, preallocate and map the next segment
+    /// file (under a temporary name), so that rollover on the loop thread is
+    /// a rename.
     /// Called once the active segment is half full.
     fn prepare_next(&mut self) {
         let (Some(sync), None) = (&self.sync, &self.prepared) else {
@@ -688,7 +661,7 @@ impl MmapStore {
         let path = self.dir.join(PREPARED_NAME);
         let want_raw = self.config.fsync != FsyncPolicy::Never;
         sync.spawn(Box::new(move || {
-            let result = create_segment_file(&path, len, want_raw, true);
+            let result = create_segment_file(&path, len, want_raw);
             *job_slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         }));
         self.prepared = Some(slot);
