@@ -284,3 +284,194 @@ fn a_mixed_attack_never_stalls_a_conversation() {
     chat(&mut a, &mut b);
     relay.join().unwrap();
 }
+
+/// The abuse swarm for `loadtest/abuse.sh` (not a test: it runs until
+/// `HERMES_ABUSE_SECS` pass against the relay at `HERMES_ABUSE_ADDR`):
+/// `HERMES_ABUSE_RANDOM` (default 1,000) connections writing random bytes
+/// and reconnecting whenever the relay closes them; `HERMES_ABUSE_SLOW`
+/// (100) logged-in connections trickling one byte a second;
+/// `HERMES_ABUSE_DEAF` (1,000) members of one group that never read while
+/// a sender sends them 10 messages a second; a registration flood (new
+/// names as fast as the relay admits them); oversized frames in a loop.
+/// Prints what each abuser achieved.
+#[test]
+#[ignore = "driven by loadtest/abuse.sh"]
+fn abuse_swarm() {
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let addr: SocketAddr = std::env::var("HERMES_ABUSE_ADDR")
+        .expect("HERMES_ABUSE_ADDR")
+        .parse()
+        .unwrap();
+    let secs = env("HERMES_ABUSE_SECS", 30);
+    let (n_random, n_slow, n_deaf) = (
+        env("HERMES_ABUSE_RANDOM", 1000) as usize,
+        env("HERMES_ABUSE_SLOW", 100) as usize,
+        env("HERMES_ABUSE_DEAF", 1000) as usize,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tag = std::process::id();
+    let mut threads = Vec::new();
+
+    // Deaf members and their sender (set up first, before the flood).
+    let deaf_users: Vec<User> = (0..n_deaf)
+        .map(|i| User::new(&format!("deaf{tag}x{i}"), 10_000 + i as u64))
+        .collect();
+    let deaf: Vec<RawClient> = deaf_users
+        .iter()
+        .map(|u| RawClient::register(addr, u))
+        .collect();
+    let sender_user = User::new(&format!("loud{tag}"), 9_999);
+    let mut sender = RawClient::register(addr, &sender_user);
+    let mut members: Vec<&User> = vec![&sender_user];
+    members.extend(deaf_users.iter());
+    let gid = [0xab; 16];
+    sender.create_group(&sender_user, &members, gid);
+    let sent = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        threads.push(std::thread::spawn(move || {
+            let reader = sender.stream.try_clone().unwrap();
+            reader
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut n = 0u32;
+            while !stop.load(Relaxed) {
+                sender.group_send(gid, mid(7, n), &[0x42; 1000]);
+                n += 1;
+                sent.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+                // Drain receipts so the sender itself is not a deaf client.
+                let mut buf = [0u8; 65536];
+                let _ = std::io::Read::read(&mut &reader, &mut buf);
+            }
+        }));
+    }
+
+    // Random bytes.
+    let random_closed = Arc::new(AtomicU64::new(0));
+    for t in 0..4 {
+        let (stop, closed) = (stop.clone(), random_closed.clone());
+        let per = n_random / 4;
+        threads.push(std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(t);
+            let mut conns: Vec<Option<TcpStream>> = (0..per).map(|_| None).collect();
+            while !stop.load(Relaxed) {
+                for slot in &mut conns {
+                    if slot.is_none() {
+                        *slot = TcpStream::connect(addr).ok().inspect(|s| {
+                            let _ = s.set_nonblocking(true);
+                        });
+                    }
+                    if let Some(s) = slot {
+                        let len = rng.random_range(1..512);
+                        let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                        let mut sink = [0u8; 4096];
+                        let dead = matches!(std::io::Read::read(s, &mut sink), Ok(0))
+                            || matches!(s.write(&junk), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock);
+                        if dead {
+                            *slot = None;
+                            closed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
+
+    // Slowloris: logged in, one byte a second of a frame that never ends.
+    let slow_closed = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, closed) = (stop.clone(), slow_closed.clone());
+        let users: Vec<User> = (0..n_slow)
+            .map(|i| User::new(&format!("slow{tag}x{i}"), 20_000 + i as u64))
+            .collect();
+        let mut slow: Vec<Option<RawClient>> = users
+            .iter()
+            .map(|u| Some(RawClient::register(addr, u)))
+            .collect();
+        threads.push(std::thread::spawn(move || {
+            let header = [0x00, 0x0f, 0xff, 0xff, 1, 0x2b];
+            let mut k = 0;
+            while !stop.load(Relaxed) {
+                for slot in &mut slow {
+                    if let Some(c) = slot
+                        && c.send_raw(&[header[k % header.len()]]).is_err()
+                    {
+                        *slot = None;
+                        closed.fetch_add(1, Relaxed);
+                    }
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }));
+    }
+
+    // Registration flood.
+    let (admitted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    {
+        let (stop, admitted, refused) = (stop.clone(), admitted.clone(), refused.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                let u = User::new(&format!("flood{tag}x{i}"), 100_000 + i);
+                i += 1;
+                let mut c = RawClient::connect(addr);
+                let proof = u
+                    .keys
+                    .sign(&register_message(&c.challenge, &c.relay_key, &u.name));
+                c.send(&Frame::Register {
+                    name: &u.name,
+                    identity: &u.identity,
+                    proof,
+                });
+                match c.recv() {
+                    Some(Got::Authenticated { .. }) => admitted.fetch_add(1, Relaxed),
+                    _ => refused.fetch_add(1, Relaxed),
+                };
+            }
+        }));
+    }
+
+    // Oversized frames.
+    let oversized = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, count) = (stop.clone(), oversized.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                let mut c = RawClient::connect(addr);
+                let _ = c.send_raw(&[0x7f, 0xff, 0xff, 0xff, 1, 0x28]);
+                if c.recv().as_ref().and_then(Got::error_code) == Some(ErrorCode::FrameTooLarge) {
+                    count.fetch_add(1, Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(deaf);
+    eprintln!(
+        "abuse: {n_deaf} deaf members sent {} messages each; random-byte connections closed by the relay {}; slowloris closed {} of {n_slow}; registrations admitted {} refused {}; oversized frames refused {}",
+        sent.load(Relaxed),
+        random_closed.load(Relaxed),
+        slow_closed.load(Relaxed),
+        admitted.load(Relaxed),
+        refused.load(Relaxed),
+        oversized.load(Relaxed),
+    );
+}
