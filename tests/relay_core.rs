@@ -1754,3 +1754,23 @@ fn mmap_several_sessions_get_everything() {
 fn mmap_compaction_keeps_everything_needed() {
     compaction_keeps_everything_needed(Mmap::new());
 }
+
+/// A connection the core closes gets its error frame, then nothing more:
+/// its queue stays in the mailbox for the next session.
+#[test]
+fn closing_session_gets_no_more_deliveries() {
+    let mut sim = Sim::new(MemStore::new(), RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb) = sim.user("bob");
+    let gid = [19; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.recv(cb);
+    sim.core
+        .handle_bytes(cb, &[0, 0, 0, 2, 1, 0x7f], sim.now, sim.unix_ms);
+    sim.group_send(ca, gid, 0, 1, b"later");
+    assert_eq!(sim.recv(cb), vec![Got::Error(ErrorCode::UnknownKind)]);
+    assert!(!sim.core.has_pending_output(cb));
+    sim.core.handle_disconnect(cb);
+    let (_, got) = sim.login(&bob);
+    assert_eq!(texts(&got), vec![b"later".to_vec()]);
+}

@@ -666,6 +666,9 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         if c.control_pos < c.control.len() {
             return true;
         }
+        if c.closing {
+            return false;
+        }
         match c.auth {
             Auth::User(u) => self
                 .users
@@ -758,14 +761,15 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         }
         let c_ref = &*c;
         let still = c_ref.control_pos < c_ref.control.len()
-            || match c_ref.auth {
-                Auth::User(u) => self
-                    .users
-                    .get(u as usize)
-                    .and_then(|user| user.queue.last_seq())
-                    .is_some_and(|last| last > c_ref.pushed),
-                Auth::Challenge(_) | Auth::Spent => false,
-            };
+            || !c_ref.closing
+                && match c_ref.auth {
+                    Auth::User(u) => self
+                        .users
+                        .get(u as usize)
+                        .and_then(|user| user.queue.last_seq())
+                        .is_some_and(|last| last > c_ref.pushed),
+                    Auth::Challenge(_) | Auth::Spent => false,
+                };
         if !still {
             c.reported = false;
         }
