@@ -1179,6 +1179,11 @@ fn lists_and_identities<S: Restart>(store: S) {
     };
     assert_eq!(ids[0].identity, Some(&bob.identity[..]));
     assert_eq!(ids[1].identity, None);
+    // An answer that would not fit in one frame is refused, not cut.
+    let many: Vec<&str> = std::iter::repeat_n("bob", 3000).collect();
+    sim.send(ca, &Frame::FetchIdentities(many));
+    assert_eq!(sim.recv(ca), vec![Got::Error(ErrorCode::FrameTooLarge)]);
+    assert!(sim.closes().is_empty());
     sim.send(ca, &Frame::ListGroups);
     let got = sim.recv(ca);
     let Some(Got::Other(bytes)) = got.last() else {

@@ -110,6 +110,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .collect();
         let mut out = Vec::new();
         Frame::Identities(entries).encode(&mut out);
+        // The answer is positional and cannot be split: a request whose
+        // answer would not fit in one frame is refused (ask for fewer).
+        if out.len() - crate::wire::LENGTH_PREFIX_LEN > self.config.max_frame {
+            let k = FrameKind::FetchIdentities as u8;
+            return self.fail(conn, ErrorCode::FrameTooLarge, k, [0; 16], false);
+        }
         self.reply_bytes(conn, &out);
     }
 
