@@ -182,10 +182,11 @@ impl CoreHarness {
     /// is made of well-formed frames.
     fn drain(&mut self, c: ConnId, max: usize) -> Result<(), String> {
         let mut out = Vec::new();
-        let mut rounds = 0;
+        // Every call that returns > 0 wrote bytes, so only endless
+        // output can keep this loop going: bound the bytes, not the calls
+        // (a 1-byte `max` legitimately needs one call per byte).
         while self.core.poll_transmit(c, &mut out, max.max(1)) > 0 {
-            rounds += 1;
-            if rounds > 10_000 {
+            if out.len() > 64 << 20 {
                 return Err(format!("{c:?}: poll_transmit never runs dry"));
             }
         }
@@ -767,6 +768,16 @@ mod tests {
         assert!(stats.deliveries >= 1, "{stats:?}");
         fuzz_relay_core(&[]).unwrap();
         fuzz_relay_core(&[0xff; 300]).unwrap();
+        // Regression (fuzzer, 2026-11-25): draining a >10 KB reply one byte
+        // per call tripped the harness's old call-count bound.
+        let one_byte_drain: &[u8] = &[
+            4, 200, 16, 0, 0, 0, 16, 16, 2, 0, 0, 2, 1, 1, 2, 2, 2, 4, 0, 1, 6, 13, 33, 0, 0, 3,
+            13, 0, 1, 0, 1, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46,
+            46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46,
+            46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 14, 1, 1,
+            0, 10, 1, 0, 10, 2, 0, 12, 0,
+        ];
+        fuzz_relay_core(one_byte_drain).unwrap();
         for seed in 0u8..8 {
             let data: Vec<u8> = (0..400u32)
                 .map(|i| u8::try_from(i % 256).unwrap())
