@@ -710,7 +710,10 @@ impl<P: Proto> Worker<P> {
             && usize::try_from(position).is_ok_and(|p| p < cfg.senders_per_group))
         .then(|| {
             let period_ns = cfg.rate.map_or(0.0, |r| 1e9 / r);
-            let frac = f64::from(m % 65_536) / 65_536.0;
+            // Spread the senders' phases evenly over the period (golden-ratio
+            // sequence), so that an open-loop run offers a steady load
+            // rather than one burst per period.
+            let frac = (f64::from(m) * 0.618_033_988_749_894_9).fract();
             SenderState {
                 seq: 0,
                 offset_ns: f64_to_u64(period_ns * frac),
