@@ -199,6 +199,19 @@ pub const MAILBOX_MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 /// compaction frees one.
 pub const MAILBOX_MAX_SEGMENTS: usize = 16 * 1024;
 
+/// Bytes at the end of every segment that ordinary appends leave free, for
+/// records that free space (acks: [`crate::mailbox::Store::append_reserved`]).
+/// When the store is full (segment limit or no disk space for the next
+/// segment) sends are refused but acks still land here, so recipients can
+/// release what they read and compaction can make room again. Capped at
+/// 1/64 of the segment size (`MAILBOX_RESERVE_MAX_FRACTION`); an ack record
+/// is 48 bytes, so the default holds about 5,400 acks per segment.
+pub const MAILBOX_RESERVE_BYTES: u64 = 256 * 1024;
+
+/// The reserve is at most `segment_bytes / MAILBOX_RESERVE_MAX_FRACTION`
+/// (tiny test segments keep almost all their room for ordinary records).
+pub const MAILBOX_RESERVE_MAX_FRACTION: u64 = 64;
+
 /// How often the sync thread msyncs under `--fsync batch`: the window of
 /// receipted records that power loss may cost.
 pub const MAILBOX_SYNC_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);

@@ -296,8 +296,9 @@ fn mem_too_large_at_the_payload_limit() {
 fn mmap_too_large_at_the_segment_limit() {
     let mut h = Mmap::new(FsyncPolicy::Never);
     let max = h.open().max_payload();
-    // 4096-byte segment: 40-byte header, 24-byte record header, 4-byte CRC.
-    assert_eq!(max, 4096 - 40 - 24 - 4);
+    // 4096-byte segment: 40-byte header, 24-byte record header, 4-byte CRC,
+    // and the reserve for acks (4096 / 64 bytes) kept free at the end.
+    assert_eq!(max, 4096 - 40 - 24 - 4 - 64);
     scenario_too_large(&mut h, max);
 }
 
@@ -683,6 +684,61 @@ fn store_full_is_typed_reads_still_work_and_space_comes_back() {
     let next = s.append(1, 1, &payload(18)).unwrap();
     assert_eq!(next.0, ids[17].0 + 1, "the failed append used no id");
     assert_eq!(replayed(&s).len(), 10);
+}
+
+/// The reserve: a store that refuses every ordinary append (segment limit
+/// reached, the active segment filled with records of every size down to
+/// an empty payload) still takes reserved appends (the relay's acks), and
+/// once they release the old records, compaction makes room again.
+#[test]
+fn a_full_store_still_takes_reserved_appends_and_recovers_through_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MmapConfig {
+        segment_bytes: 8192,
+        max_segments: 2,
+        fsync: FsyncPolicy::Batch,
+        ..MmapConfig::default()
+    };
+    let mut s = MmapStore::open(dir.path(), config.clone(), Box::new(|| {})).unwrap();
+    let mut ids = Vec::new();
+    for len in [1000, 100, 0] {
+        while let Ok(id) = s.append(1, 1, &vec![len as u8; len]) {
+            ids.push(id);
+        }
+    }
+    assert!(s.append(1, 1, b"").unwrap_err().is_full());
+    assert_eq!(s.stats().segments, 2);
+    // 8192 / 64 = 128 bytes of reserve: two 48-byte ack records.
+    let ack = [0xac; 20];
+    assert_eq!(record_size(ack.len()), 48);
+    let acks = [
+        s.append_reserved(2, 1, &ack).unwrap(),
+        s.append_reserved(2, 1, &ack).unwrap(),
+    ];
+    assert!(
+        s.append(1, 1, b"").unwrap_err().is_full(),
+        "sends stay refused"
+    );
+    assert!(
+        s.append_reserved(2, 1, &ack).unwrap_err().is_full(),
+        "the reserve is bounded"
+    );
+    // What the acks acknowledge is released; once they are durable, the
+    // first segment goes and ordinary appends work again.
+    for &id in &ids {
+        s.release(id);
+    }
+    wait_durable(&s, acks[1]);
+    assert_eq!(s.compact().unwrap().segments_deleted, 1);
+    let after = s.append(1, 1, b"after").unwrap();
+    // Nothing stored was damaged: a restart recovers cleanly.
+    let records = s.stats().records;
+    drop(s);
+    let s = MmapStore::open(dir.path(), config, Box::new(|| {})).unwrap();
+    assert!(s.recovery_report().is_clean(), "{:?}", s.recovery_report());
+    assert_eq!(s.stats().records, records);
+    assert_eq!(s.get(acks[0]).unwrap().payload, ack);
+    assert_eq!(s.get(after).unwrap().payload, b"after");
 }
 
 #[test]

@@ -99,6 +99,14 @@ impl Store for Mmap {
     fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
         self.m().append(kind, unix_ms, payload)
     }
+    fn append_reserved(
+        &mut self,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError> {
+        self.m().append_reserved(kind, unix_ms, payload)
+    }
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
         self.s().get(id)
     }

@@ -1,9 +1,11 @@
 //! `FaultStore`: a [`MemStore`] with an explicit durable mark, for power-loss
 //! and full-disk tests of the relay.
 
+use super::record::encoded_len;
 use super::{
     CompactionStats, MemStore, RecordId, RecordRef, RecoveryReport, Store, StoreError, StoreStats,
 };
+use crate::limits::MAILBOX_RESERVE_BYTES;
 
 /// A [`MemStore`] whose records become durable only when the test says so.
 ///
@@ -11,12 +13,16 @@ use super::{
 /// (what the sync thread's msync does); [`FaultStore::simulate_power_loss`]
 /// then drops every record above the mark and forgets every release, exactly
 /// what a restart after power loss sees. [`FaultStore::set_full`] makes
-/// appends fail as on a full disk.
+/// appends fail as on a full disk; [`Store::append_reserved`] then still
+/// succeeds for up to [`MAILBOX_RESERVE_BYTES`] of records, as the reserve
+/// at the end of a real segment does.
 #[derive(Debug, Default)]
 pub struct FaultStore {
     inner: MemStore,
     durable: Option<RecordId>,
     full: bool,
+    /// Record bytes appended from the reserve since the store became full.
+    reserve_used: u64,
 }
 
 impl FaultStore {
@@ -47,9 +53,19 @@ impl FaultStore {
     }
 
     /// While `full` is set, appends fail with [`StoreError::DiskFull`] and
-    /// change nothing.
+    /// change nothing; reserved appends take from the reserve until it is
+    /// used up. Clearing it (space returned) refills the reserve.
     pub fn set_full(&mut self, full: bool) {
         self.full = full;
+        if !full {
+            self.reserve_used = 0;
+        }
+    }
+
+    fn disk_full() -> StoreError {
+        StoreError::DiskFull {
+            path: "fault-store".into(),
+        }
     }
 
     /// Power loss and restart: every record above the durable mark is gone,
@@ -65,11 +81,28 @@ impl FaultStore {
 impl Store for FaultStore {
     fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
         if self.full {
-            return Err(StoreError::DiskFull {
-                path: "fault-store".into(),
-            });
+            return Err(Self::disk_full());
         }
         self.inner.append(kind, unix_ms, payload)
+    }
+
+    fn append_reserved(
+        &mut self,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError> {
+        if !self.full {
+            return self.inner.append(kind, unix_ms, payload);
+        }
+        let size = encoded_len(payload.len()).map_or(u64::MAX, |n| n as u64);
+        let used = self.reserve_used.saturating_add(size);
+        if used > MAILBOX_RESERVE_BYTES {
+            return Err(Self::disk_full());
+        }
+        let id = self.inner.append(kind, unix_ms, payload)?;
+        self.reserve_used = used;
+        Ok(id)
     }
 
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
@@ -154,5 +187,26 @@ mod tests {
         assert_eq!(s.get(a).unwrap().payload, b"a");
         s.set_full(false);
         assert_eq!(s.append(1, 0, b"b").unwrap(), RecordId(a.0 + 1));
+    }
+
+    #[test]
+    fn a_full_store_takes_reserved_appends_until_the_reserve_is_used() {
+        let mut s = FaultStore::new();
+        s.set_full(true);
+        assert!(s.append(1, 0, b"send").unwrap_err().is_full());
+        let payload = [7u8; 1000];
+        let per = encoded_len(payload.len()).unwrap() as u64;
+        let fit = MAILBOX_RESERVE_BYTES / per;
+        for _ in 0..fit {
+            s.append_reserved(2, 0, &payload).unwrap();
+        }
+        let err = s.append_reserved(2, 0, &payload).unwrap_err();
+        assert!(err.is_full(), "{err}");
+        assert_eq!(s.stats().records, fit, "a refused append stores nothing");
+        // Space returns: the reserve is whole again.
+        s.set_full(false);
+        s.append(1, 0, b"send").unwrap();
+        s.set_full(true);
+        s.append_reserved(2, 0, &payload).unwrap();
     }
 }

@@ -206,6 +206,16 @@ impl Store for MemStore {
         Ok(RecordId(id))
     }
 
+    /// The memory store is never full: the same as [`Store::append`].
+    fn append_reserved(
+        &mut self,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError> {
+        self.append(kind, unix_ms, payload)
+    }
+
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
         let (s, r) = self.locate(id.0).ok_or(StoreError::NotFound(id))?;
         let rec = self

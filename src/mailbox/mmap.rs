@@ -35,7 +35,8 @@ use super::{
 };
 use crate::limits::{
     MAILBOX_MAX_PAYLOAD_BYTES, MAILBOX_MAX_SEGMENT_BYTES, MAILBOX_MAX_SEGMENTS,
-    MAILBOX_MIN_SEGMENT_BYTES, MAILBOX_SEGMENT_BYTES, MAILBOX_SYNC_BATCH_INTERVAL,
+    MAILBOX_MIN_SEGMENT_BYTES, MAILBOX_RESERVE_BYTES, MAILBOX_RESERVE_MAX_FRACTION,
+    MAILBOX_SEGMENT_BYTES, MAILBOX_SYNC_BATCH_INTERVAL,
 };
 
 /// The memory-mapped store's settings.
@@ -54,6 +55,12 @@ pub struct MmapConfig {
     /// How long the sync thread lets a batch fill under
     /// [`FsyncPolicy::Batch`] (default [`MAILBOX_SYNC_BATCH_INTERVAL`]).
     pub batch_interval: Duration,
+    /// Bytes at the end of each segment that only
+    /// [`Store::append_reserved`] may use (default
+    /// [`MAILBOX_RESERVE_BYTES`]); at most `segment_bytes /`
+    /// [`MAILBOX_RESERVE_MAX_FRACTION`], rounded down to the record
+    /// alignment. The largest payload fits in a segment without it.
+    pub reserve_bytes: u64,
 }
 
 impl Default for MmapConfig {
@@ -63,6 +70,7 @@ impl Default for MmapConfig {
             max_segments: MAILBOX_MAX_SEGMENTS,
             fsync: FsyncPolicy::default(),
             batch_interval: MAILBOX_SYNC_BATCH_INTERVAL,
+            reserve_bytes: MAILBOX_RESERVE_BYTES,
         }
     }
 }
@@ -136,6 +144,8 @@ pub struct MmapStore {
     dir: PathBuf,
     config: MmapConfig,
     max_payload: usize,
+    /// Bytes at the end of each segment that ordinary appends leave free.
+    reserve: usize,
     segments: Vec<Segment>,
     /// The last segment in `segments` was created by this process and takes
     /// appends.
@@ -310,7 +320,7 @@ impl MmapStore {
         config: MmapConfig,
         on_durable: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
-        let max_payload = validate(&config)?;
+        let (max_payload, reserve) = validate(&config)?;
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).map_err(io_err("create", &seg_dir))?;
         let lock_path = seg_dir.join("LOCK");
@@ -338,6 +348,7 @@ impl MmapStore {
             dir: seg_dir,
             config,
             max_payload,
+            reserve,
             segments: Vec::new(),
             has_active: false,
             next_id: 1,
@@ -711,8 +722,9 @@ fn scan_at(map: &[u8], at: usize) -> Scan<'_> {
     record::scan_record(map.get(at..).unwrap_or(&[]), MAILBOX_MAX_PAYLOAD_BYTES)
 }
 
-/// Checks `config`; returns the largest payload it allows.
-fn validate(config: &MmapConfig) -> Result<usize, StoreError> {
+/// Checks `config`; returns the largest payload it allows and the reserve
+/// (bytes at the end of each segment for [`Store::append_reserved`]).
+fn validate(config: &MmapConfig) -> Result<(usize, usize), StoreError> {
     let range = MAILBOX_MIN_SEGMENT_BYTES..=MAILBOX_MAX_SEGMENT_BYTES;
     if !range.contains(&config.segment_bytes) {
         return Err(StoreError::BadConfig(format!(
@@ -727,10 +739,15 @@ fn validate(config: &MmapConfig) -> Result<usize, StoreError> {
     }
     let seg = usize::try_from(config.segment_bytes)
         .map_err(|_| StoreError::BadConfig("segment size exceeds the address space".into()))?;
-    // Payload room in an empty segment, rounded down to the record alignment.
-    let room = (seg - SEGMENT_HEADER_BYTES) & !(record::RECORD_ALIGN - 1);
+    let reserve = config
+        .reserve_bytes
+        .min(config.segment_bytes / MAILBOX_RESERVE_MAX_FRACTION);
+    let reserve = usize::try_from(reserve).unwrap_or(0) & !(record::RECORD_ALIGN - 1);
+    // Payload room in an empty segment below the reserve, rounded down to
+    // the record alignment.
+    let room = (seg - SEGMENT_HEADER_BYTES - reserve) & !(record::RECORD_ALIGN - 1);
     let fits = room - RECORD_HEADER_BYTES - RECORD_TRAILER_BYTES;
-    Ok(fits.min(MAILBOX_MAX_PAYLOAD_BYTES))
+    Ok((fits.min(MAILBOX_MAX_PAYLOAD_BYTES), reserve))
 }
 
 impl Drop for MmapStore {
@@ -761,8 +778,16 @@ impl Drop for MmapStore {
     }
 }
 
-impl Store for MmapStore {
-    fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
+impl MmapStore {
+    /// Appends a record, leaving `keep_free` bytes at the end of the active
+    /// segment (the reserve for ordinary appends, 0 for reserved ones).
+    fn append_leaving(
+        &mut self,
+        keep_free: usize,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError> {
         if self.sync.as_ref().is_some_and(|s| s.shared().failed()) {
             return Err(StoreError::SyncFailed);
         }
@@ -778,7 +803,11 @@ impl Store for MmapStore {
         })?;
         let id = self.next_id;
         let next = id.checked_add(1).ok_or(StoreError::IdsExhausted)?;
-        let fits = |s: &Segment| s.end.checked_add(size).is_some_and(|e| e <= s.map.len());
+        let fits = |s: &Segment| {
+            s.end
+                .checked_add(size)
+                .is_some_and(|e| e.saturating_add(keep_free) <= s.map.len())
+        };
         if !self.has_active || !self.segments.last().is_some_and(fits) {
             self.create_segment()?;
         }
@@ -816,6 +845,21 @@ impl Store for MmapStore {
             self.prepare_next();
         }
         Ok(RecordId(id))
+    }
+}
+
+impl Store for MmapStore {
+    fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
+        self.append_leaving(self.reserve, kind, unix_ms, payload)
+    }
+
+    fn append_reserved(
+        &mut self,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError> {
+        self.append_leaving(0, kind, unix_ms, payload)
     }
 
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
@@ -957,16 +1001,33 @@ mod tests {
         assert!(validate(&config(MAILBOX_MAX_SEGMENT_BYTES + 1)).is_err());
         assert_eq!(
             validate(&config(MAILBOX_MAX_SEGMENT_BYTES)).unwrap(),
-            MAILBOX_MAX_PAYLOAD_BYTES
+            (
+                MAILBOX_MAX_PAYLOAD_BYTES,
+                usize::try_from(MAILBOX_RESERVE_BYTES).unwrap()
+            )
         );
         assert_eq!(
             validate(&config(MAILBOX_SEGMENT_BYTES)).unwrap(),
-            MAILBOX_MAX_PAYLOAD_BYTES
+            (
+                MAILBOX_MAX_PAYLOAD_BYTES,
+                usize::try_from(MAILBOX_RESERVE_BYTES).unwrap()
+            )
         );
-        let min = validate(&config(MAILBOX_MIN_SEGMENT_BYTES)).unwrap();
-        // The largest payload fills the smallest segment exactly.
+        let (min, reserve) = validate(&config(MAILBOX_MIN_SEGMENT_BYTES)).unwrap();
+        // The reserve of a tiny segment is 1/64 of it (one ack record), and
+        // the largest payload fills the smallest segment up to the reserve.
+        assert_eq!(reserve, 64);
         let size = encoded_len(min).unwrap();
-        assert_eq!(SEGMENT_HEADER_BYTES + size, 4096);
+        assert_eq!(SEGMENT_HEADER_BYTES + size + reserve, 4096);
+        let no_reserve = MmapConfig {
+            reserve_bytes: 0,
+            ..config(MAILBOX_MIN_SEGMENT_BYTES)
+        };
+        let (all, none) = validate(&no_reserve).unwrap();
+        assert_eq!(
+            (SEGMENT_HEADER_BYTES + encoded_len(all).unwrap(), none),
+            (4096, 0)
+        );
         assert!(
             validate(&MmapConfig {
                 max_segments: 0,

@@ -18,6 +18,16 @@
 //! records as opaque payloads tagged with a one-byte `kind`, and rebuilds its
 //! state on start by replaying every surviving record in append order.
 //!
+//! # The reserve: a full store still takes acks
+//!
+//! Ordinary appends ([`Store::append`]) stop short of the last
+//! [`crate::limits::MAILBOX_RESERVE_BYTES`] of every segment; records that
+//! free space ([`Store::append_reserved`]: the relay's acks) may use them.
+//! So when no new segment can be created (the segment limit, or no disk
+//! space) sends are refused but acks are still stored, the messages they
+//! acknowledge are released, and compaction deletes the segments they
+//! filled: the store recovers without a restart or an operator.
+//!
 //! # Release and compaction
 //!
 //! Release marks are **not** persisted. The store keeps, in memory, which
@@ -287,6 +297,22 @@ pub trait Store {
     /// visible, and the store remains usable for reads (and for appends once
     /// space returns).
     fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError>;
+
+    /// Appends a record that frees space (an ack, which lets compaction drop
+    /// what it acknowledges). Like [`Store::append`], but it may also use
+    /// the reserve that ordinary appends leave free
+    /// ([`crate::limits::MAILBOX_RESERVE_BYTES`]), so it still succeeds when
+    /// the store is full and refuses ordinary appends. Without that, a full
+    /// store could never take the acks that would empty it.
+    ///
+    /// # Errors
+    /// As [`Store::append`], once the reserve is used up too.
+    fn append_reserved(
+        &mut self,
+        kind: u8,
+        unix_ms: u64,
+        payload: &[u8],
+    ) -> Result<RecordId, StoreError>;
 
     /// A zero-copy view of the record `id`, released or not, as long as
     /// compaction has not dropped it.

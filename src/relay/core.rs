@@ -390,6 +390,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             stats: CoreStats::default(),
         };
         let report = core.replay(unix_ms)?;
+        // Replay released what the stored acks cover: give that space back
+        // now, not a maintenance interval later (a relay restarted at its
+        // segment limit needs it for its first append).
+        if let Err(e) = core.store.compact() {
+            tracing::warn!("compaction after replay failed: {e}");
+        }
         core.next_maintenance = Some(now + core.config.maintenance_interval);
         core.next_idle_check = Some(now + core.config.idle_timeout / 3);
         Ok((core, report))

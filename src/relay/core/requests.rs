@@ -529,7 +529,10 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         }
         let lsn = self.next_lsn;
         let payload = records::ack(lsn, user, up_to);
-        let record = match self.store.append(records::KIND_ACK, unix_ms, &payload) {
+        let record = match self
+            .store
+            .append_reserved(records::KIND_ACK, unix_ms, &payload)
+        {
             Ok(r) => r,
             Err(e) => return self.fail(conn, store_code(&e), k, [0; 16], false),
         };
