@@ -1245,11 +1245,16 @@ mod tests {
 
     #[test]
     fn refused_connections_are_counted_not_fatal() {
-        // Bind then drop: nothing listens on this port any more.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port that is held but has no listener. (Binding a listener and
+        // dropping it was flaky: the freed port could be taken by another
+        // test's listener, or be picked as one of our own source ports,
+        // before the swarm connected.) The client end of a connection holds
+        // its port for as long as it lives, without SO_REUSEADDR, so no
+        // listener and no other bind can take it, and nothing listens on
+        // it: every connect is refused.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let holder = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let addr = holder.local_addr().unwrap();
         let mut c = cfg(addr);
         c.connections = 10;
         c.group_size = 5;
@@ -1262,6 +1267,7 @@ mod tests {
             crate::stats::errors_by_kind(&r.counts).get("connect"),
             Some(&10)
         );
+        drop((holder, listener));
     }
 
     #[test]

@@ -59,7 +59,10 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent/wire_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/independent/wire_client.py"
+    );
 
     let mut child = Command::new("python3")
         .arg(script)

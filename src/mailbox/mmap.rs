@@ -156,7 +156,7 @@ pub struct MmapStore {
     /// A segment the sync thread is preparing (or has prepared).
     prepared: Option<PreparedSlot>,
     /// Held (and locked) until the store is dropped.
-    _lock: File,
+    lock: File,
 }
 
 impl std::fmt::Debug for MmapStore {
@@ -356,7 +356,7 @@ impl MmapStore {
             report: RecoveryReport::default(),
             prepared: None,
             sync: None,
-            _lock: lock,
+            lock,
         };
         let empty = store.recover()?;
         let durable = store
@@ -752,8 +752,8 @@ fn validate(config: &MmapConfig) -> Result<(usize, usize), StoreError> {
 
 impl Drop for MmapStore {
     /// Stops the sync thread (after its final flush and pending jobs),
-    /// removes a prepared but unused segment file, and truncates the active
-    /// segment to its records.
+    /// removes a prepared but unused segment file, truncates the active
+    /// segment to its records, and unlocks the directory.
     fn drop(&mut self) {
         drop(self.sync.take());
         if let Some(ready) = self.take_prepared() {
@@ -775,6 +775,12 @@ impl Drop for MmapStore {
                 let _ = file.set_len(end as u64);
             }
         }
+        // Unlock explicitly, last: closing our descriptor is not enough
+        // while a child process forked by another thread (not yet past the
+        // `exec` that closes its inherited copies) shares the open file
+        // description, and with it the lock. Best effort: closing still
+        // releases it once every copy is gone.
+        let _ = self.lock.unlock();
     }
 }
 
@@ -1056,6 +1062,31 @@ mod tests {
             }
         ));
         assert!(!e.is_full());
+    }
+
+    /// The flaky `corrupt_segment_header_is_skipped_and_left_alone`: a
+    /// child process spawned by another test thread inherits every open
+    /// descriptor until its `exec` closes them (close-on-exec), including a
+    /// store's `LOCK`. An inherited copy shares the open file description,
+    /// and with it the `flock`, so closing our descriptor on drop did not
+    /// unlock while the child was between fork and exec, and the reopen
+    /// failed with `Locked`. `try_clone` makes exactly such a copy.
+    #[test]
+    fn a_lock_descriptor_inherited_by_a_child_does_not_outlive_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MmapConfig {
+            fsync: FsyncPolicy::Never,
+            ..config(MAILBOX_MIN_SEGMENT_BYTES)
+        };
+        let s = MmapStore::open(dir.path(), cfg.clone(), Box::new(|| {})).unwrap();
+        let inherited = s.lock.try_clone().unwrap();
+        drop(s);
+        let reopened = MmapStore::open(dir.path(), cfg.clone(), Box::new(|| {}));
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        // And the reopened store holds the lock against a second opener.
+        let second = MmapStore::open(dir.path(), cfg, Box::new(|| {}));
+        assert!(matches!(second, Err(StoreError::Locked { .. })));
+        drop(inherited);
     }
 
     #[test]
