@@ -721,6 +721,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 match e.item {
                     Item::Msg { msg, .. } => {
                         let Some(m) = self.msgs.get(msg as usize) else {
+                            // Never expected (an entry holds a reference),
+                            // but passed over like an unreadable record: a
+                            // cursor left behind it would keep output
+                            // "pending" and the session never reported again.
+                            tracing::error!("queued message {msg} missing");
+                            c.pushed = e.seq;
                             i += 1;
                             continue;
                         };
@@ -877,3 +883,5 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
 
 mod apply;
 mod requests;
+#[cfg(test)]
+mod tests;

@@ -190,7 +190,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         id
     }
 
-    fn new_msg(&mut self, m: Msg) -> u32 {
+    pub(super) fn new_msg(&mut self, m: Msg) -> u32 {
         let record = m.record;
         let idx = u32::try_from(self.msgs.insert(m)).unwrap_or(u32::MAX);
         self.owners.insert(record, Owner::Msg(idx));
@@ -355,7 +355,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .fold(u.acked, u64::max)
     }
 
-    fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
+    pub(super) fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };

@@ -1,0 +1,147 @@
+//! Unit tests of the core's internals that no sequence of frames reaches:
+//! what `poll_transmit` does when a queued entry's message is gone.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::mailbox::MemStore;
+use crate::wire::Deliver;
+
+fn core_with_user() -> (RelayCore<MemStore, StdRng>, u32, ConnId, Instant) {
+    let now = Instant::now();
+    let (mut core, _) = RelayCore::open(
+        MemStore::new(),
+        StdRng::seed_from_u64(1),
+        SigningKeyPair::from_secret_bytes(&[7; 32]),
+        RelayConfig::default(),
+        now,
+        1_000,
+    )
+    .unwrap();
+    let record = core
+        .store
+        .append(records::KIND_ACCOUNT, 1_000, b"account")
+        .unwrap();
+    let u = core.install_account(record, "alice", b"identity", [1; 32]);
+    let conn = ConnId(1);
+    core.handle_connect(conn, now);
+    core.conns.get_mut(&conn).unwrap().auth = Auth::User(u);
+    core.users[u as usize].sessions.push(conn);
+    let mut out = Vec::new();
+    core.poll_transmit(conn, &mut out, 1 << 20); // the hello
+    core.poll_ready_conns(&mut Vec::new());
+    (core, u, conn, now)
+}
+
+/// A real group message queued for `u` at `seq`.
+fn queue_message(core: &mut RelayCore<MemStore, StdRng>, u: u32, seq: u64, text: &[u8]) {
+    let mut payload = Vec::new();
+    put_entry_body(
+        &mut payload,
+        "alice",
+        &[9; 16],
+        EntryKind::GroupMessage,
+        &[u8::try_from(seq).unwrap(); 16],
+        1_000,
+        text,
+    );
+    let record = core
+        .store
+        .append(records::KIND_GROUP_MESSAGE, 1_000, &payload)
+        .unwrap();
+    let m = core.new_msg(Msg {
+        record,
+        lsn: seq,
+        refs: 0,
+        kind: EntryKind::GroupMessage,
+        sender: u,
+        recipient: NO_USER,
+        group: 0,
+        unix_ms: 1_000,
+        body_off: 0,
+        permanent: false,
+    });
+    core.enqueue(u, seq, m, true);
+}
+
+fn delivered(out: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut rest = out;
+    while let Some((f, n)) = split_frame(rest, 1 << 24).unwrap() {
+        if let Frame::Deliver(Deliver {
+            seq, ciphertext, ..
+        }) = Frame::decode(f).unwrap()
+        {
+            got.push((seq, ciphertext.to_vec()));
+        }
+        rest = &rest[n..];
+    }
+    got
+}
+
+/// An entry whose message is gone from the message table (an invariant
+/// broken elsewhere) used to be skipped without moving the session's
+/// cursor: as the last entry it left output "pending" for ever, so the
+/// connection stayed marked as reported and was never reported ready again:
+/// later deliveries to that session stalled. It is now passed over like an
+/// unreadable record.
+#[test]
+fn an_entry_whose_message_is_gone_does_not_stall_the_session() {
+    let (mut core, u, conn, _) = core_with_user();
+    queue_message(&mut core, u, 5, b"five");
+    core.users[u as usize].queue.push(6, 999, true); // no message 999
+    let mut ready = Vec::new();
+    core.poll_ready_conns(&mut ready);
+    assert_eq!(ready, vec![conn]);
+    let mut out = Vec::new();
+    core.poll_transmit(conn, &mut out, 1 << 20);
+    assert_eq!(delivered(&out), vec![(5, b"five".to_vec())]);
+    assert!(!core.has_pending_output(conn), "nothing more to send");
+
+    // The next message is reported and delivered, and nothing is repeated.
+    queue_message(&mut core, u, 7, b"seven");
+    ready.clear();
+    core.poll_ready_conns(&mut ready);
+    assert_eq!(ready, vec![conn], "the session is reported ready again");
+    out.clear();
+    core.poll_transmit(conn, &mut out, 1 << 20);
+    assert_eq!(delivered(&out), vec![(7, b"seven".to_vec())]);
+    out.clear();
+    assert_eq!(core.poll_transmit(conn, &mut out, 1 << 20), 0);
+}
+
+/// A message whose record is missing from the store is passed over too
+/// (logged), without a stall or a repeat.
+#[test]
+fn an_entry_whose_record_is_missing_from_the_store_is_passed_over() {
+    let (mut core, u, conn, _) = core_with_user();
+    queue_message(&mut core, u, 5, b"five");
+    let m = core.new_msg(Msg {
+        record: RecordId(9_999),
+        lsn: 6,
+        refs: 0,
+        kind: EntryKind::GroupMessage,
+        sender: u,
+        recipient: NO_USER,
+        group: 0,
+        unix_ms: 1_000,
+        body_off: 0,
+        permanent: false,
+    });
+    core.enqueue(u, 6, m, true);
+    let mut ready = Vec::new();
+    core.poll_ready_conns(&mut ready);
+    assert_eq!(ready, vec![conn]);
+    let mut out = Vec::new();
+    core.poll_transmit(conn, &mut out, 1 << 20);
+    assert_eq!(delivered(&out), vec![(5, b"five".to_vec())]);
+    assert!(!core.has_pending_output(conn));
+    queue_message(&mut core, u, 7, b"seven");
+    ready.clear();
+    core.poll_ready_conns(&mut ready);
+    assert_eq!(ready, vec![conn]);
+    out.clear();
+    core.poll_transmit(conn, &mut out, 1 << 20);
+    assert_eq!(delivered(&out), vec![(7, b"seven".to_vec())]);
+}
