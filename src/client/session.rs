@@ -432,6 +432,17 @@ impl Session {
     /// that are blocked, unpinned or do not match their roster key are
     /// left out; [`Session::channel`] reports them one by one.
     fn warm_channels(&mut self, st: &ClientState, roster: &GroupState, peers: &[String]) {
+        self.warm_channels_with(st, roster, peers, Parallelism::Auto);
+    }
+
+    /// [`Session::warm_channels`] with the parallelism chosen (tests).
+    fn warm_channels_with(
+        &mut self,
+        st: &ClientState,
+        roster: &GroupState,
+        peers: &[String],
+        mode: Parallelism,
+    ) {
         let todo: Vec<(String, PublicIdentity)> = peers
             .iter()
             .filter_map(|p| {
@@ -450,13 +461,7 @@ impl Session {
         if todo.is_empty() {
             return;
         }
-        let made = pairwise_channels(
-            &st.user,
-            &st.identity,
-            &todo,
-            Some(roster),
-            Parallelism::Auto,
-        );
+        let made = pairwise_channels(&st.user, &st.identity, &todo, Some(roster), mode);
         for ((peer, _), ch) in todo.into_iter().zip(made) {
             let (Ok(ch), Some(c)) = (ch, st.contacts.get(&peer)) else {
                 continue;
@@ -826,6 +831,7 @@ impl Session {
         self.check_roster_keys(st, gs.state())?;
         let name = gs.state().display_name().to_owned();
         let others = others(gs.state(), &st.user);
+        self.warm_channels(st, gs.state(), &others);
         st.groups.insert(
             *gid,
             GroupRecord {
@@ -1164,6 +1170,9 @@ impl Session {
                 let name = state.display_name().to_owned();
                 let admin = state.admin().to_owned();
                 let others = others(&state, &st.user);
+                // Every member's distribution (and mine to each) needs the
+                // channel: compute them all now, in bulk.
+                self.warm_channels(st, &state, &others);
                 let gs = GroupSession::new(&st.user, state, rng)?;
                 st.groups.insert(
                     gid,
@@ -1712,6 +1721,92 @@ mod tests {
             SessionConfig::default().pending_timeout_ms,
             CLIENT_PENDING_TIMEOUT_MS
         );
+    }
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use crate::crypto::dh::DhGroup;
+    use crate::crypto::identity::IdentityKeyPair;
+
+    /// `me` with `n` pinned peers (`p0`..), the genesis of a group of all of
+    /// us signed by `p0`, and the peers' key pairs.
+    fn group_of(n: usize, rng: &mut StdRng) -> (ClientState, Commit, Vec<IdentityKeyPair>) {
+        let mut st = ClientState::new("me", IdentityKeyPair::generate(DhGroup::Ffdhe2048, rng));
+        let peers: Vec<IdentityKeyPair> = (0..n)
+            .map(|_| IdentityKeyPair::generate(DhGroup::Ffdhe2048, rng))
+            .collect();
+        let mut roster = vec![("me".to_owned(), st.identity.public().signing_key)];
+        for (i, p) in peers.iter().enumerate() {
+            pin(&mut st, &format!("p{i}"), p.public().encode());
+            roster.push((format!("p{i}"), p.public().signing_key));
+        }
+        let genesis = Commit::genesis([5; 16], "g".into(), "p0".into(), roster, |m| {
+            peers[0].sign(m)
+        })
+        .unwrap();
+        (st, genesis, peers)
+    }
+
+    /// The bulk path (`pairwise_channels`, rayon at and above the
+    /// threshold) gives exactly the channels the one-by-one path does, for
+    /// the same peers, whatever the parallelism; peers it cannot do
+    /// (unpinned, identity changed) it leaves to the one-by-one path, which
+    /// reports them.
+    #[test]
+    fn bulk_channels_equal_the_one_by_one_channels() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = crate::limits::PARALLEL_SETUP_THRESHOLD + 2;
+        let (mut st, genesis, _) = group_of(n, &mut rng);
+        let state = GroupState::from_genesis(&genesis).unwrap();
+        // p1's identity changed since it was pinned; "stranger" is unpinned.
+        let other = IdentityKeyPair::generate(DhGroup::Ffdhe2048, &mut rng);
+        pin(&mut st, "p1", other.public().encode());
+        let mut names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        names.push("stranger".into());
+
+        let mut one_by_one = Session::new(SessionConfig::default());
+        for name in &names {
+            let got = one_by_one.channel(&st, name).map(|_| ());
+            match name.as_str() {
+                "p1" => assert!(matches!(got, Err(SessionError::IdentityChanged(_)))),
+                "stranger" => assert!(matches!(got, Err(SessionError::Need(_)))),
+                _ => assert!(got.is_ok(), "{name}: {got:?}"),
+            }
+        }
+        for mode in [
+            Parallelism::Auto,
+            Parallelism::Parallel,
+            Parallelism::Serial,
+        ] {
+            let mut bulk = Session::new(SessionConfig::default());
+            bulk.warm_channels_with(&st, &state, &names, mode);
+            let mut got: Vec<&String> = bulk.channels.keys().collect();
+            got.sort();
+            let mut want: Vec<&String> = one_by_one.channels.keys().collect();
+            want.sort();
+            assert_eq!(got, want, "{mode:?}");
+            for (name, a) in &one_by_one.channels {
+                let b = &bulk.channels[name];
+                assert_eq!(a.identity, b.identity, "{mode:?} {name}");
+                assert!(a.send == b.send && a.recv == b.recv, "{mode:?} {name}");
+            }
+        }
+    }
+
+    /// Joining a group (a genesis naming me) computes the channels to every
+    /// other member at once, in bulk, so the distributions that follow
+    /// from each of them open without a DH agreement apiece.
+    #[test]
+    fn joining_a_group_computes_every_members_channel_in_bulk() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let n = crate::limits::PARALLEL_SETUP_THRESHOLD + 1;
+        let (mut st, genesis, _) = group_of(n, &mut rng);
+        let mut s = Session::new(SessionConfig::default());
+        s.apply_commit(&mut st, &genesis, 1_000, &mut rng, &mut Vec::new())
+            .unwrap();
+        assert!(st.groups.contains_key(&[5; 16]));
+        assert_eq!(s.channels.len(), n, "one channel per other member");
     }
 
     #[test]
