@@ -24,11 +24,17 @@ Against a live relay it:
     messages both ways in a group each side created, the Rust admin adding
     (commit + welcome, log verified from genesis) and removing a Python
     user (everyone rotates to key id 2), the Python admin adding the Rust
-    user, and a key request from the Rust client answered by Python.
+    user, and a key request from the Rust client answered by Python;
+  * reads the stopped relay's mailbox files (Part 4: segment headers,
+    records, CRC32C; 3.6: record payloads) and checks that every account,
+    send, commit and ack of its users is recorded as documented, and
+    nothing for refused registrations or the duplicate send.
 
 Usage:
   wire_client.py --server 127.0.0.1:PORT [--relay-key HEX] [--hermes BIN]
-  wire_client.py --hermes target/release/hermes   # starts its own relay
+                 [--facts FILE]                   # FILE: what its users did
+  wire_client.py --verify-records DATA_DIR --facts FILE   # relay stopped
+  wire_client.py --hermes target/release/hermes   # own relay, all of the above
 Prints one `ok ...` line per check and `all N checks passed` (exit 0), or
 `FAIL ...` (exit 1). Every socket read has a 5 s timeout. WIRE_TRACE=1
 prints every pushed entry. Run by `cargo test --test independent_client`.
@@ -46,6 +52,9 @@ from cryptography.exceptions import InvalidSignature
 
 READ_TIMEOUT = 5.0      # seconds, every socket read
 PINNED_RELAY_KEY = None  # --relay-key: compared with every hello's relay_key
+# What the Python users did that the relay must have recorded (3.6), for
+# --facts / --verify-records: hex strings, JSON-ready.
+FACTS = dict(accounts={}, refused_names=[], messages=[], commits=[], acks=[])
 CHECKS = []             # (name) of every check that passed
 
 
@@ -549,6 +558,7 @@ class User:
         proof = self.id.sk.sign(auth_message(b'hermes register v1\x00', c, self.name))
         body = c.request(KIND['register'], str8(self.name) + u16(len(self.id.public))
                          + self.id.public + proof, 'authenticated')
+        FACTS['accounts'][unicodedata.normalize('NFC', self.name)] = self.id.public.hex()
         return self.parse_authenticated(body)
 
     def login(self):
@@ -595,6 +605,8 @@ class User:
         body = self.conn.request(KIND['create_group'], u32(len(genesis)) + genesis,
                                  'commit_accepted')
         expect(body == gid + u64(0), 'commit accepted: group id, epoch 0')
+        FACTS['commits'].append(dict(signer=self.name, group=gid.hex(), epoch=0,
+                                     commit=genesis.hex()))
         self.join(gid, 0, self.name, roster)
         return gid, genesis
 
@@ -626,7 +638,11 @@ class User:
         env = seal(enc, mac, header, secrets.token_bytes(16), plaintext)
         mid = secrets.token_bytes(16)
         body = str8(peer) + gid + u8(entry_kind) + mid + u32(len(env)) + env
-        return self.parse_receipt(self.conn.request(KIND['direct_send'], body, 'receipt'), mid)
+        r = self.parse_receipt(self.conn.request(KIND['direct_send'], body, 'receipt'), mid)
+        FACTS['messages'].append(dict(kind=entry_kind, sender=self.name, recipient=peer,
+                                      group=gid.hex(), message_id=mid.hex(), seq=r['seq'],
+                                      unix_ms=r['unix_ms'], ciphertext=env.hex()))
+        return r
 
     def open_direct(self, entry, header_kind):
         sender = entry['sender']
@@ -700,8 +716,11 @@ class User:
         msg = env + mine.sk.sign(MSG_SIG_LABEL + env)
         mine.ck, mine.iteration = nxt, mine.iteration + 1
         body = gid + u64(g['epoch']) + mid + u32(len(msg)) + msg
-        return mid, body, self.parse_receipt(
-            self.conn.request(KIND['group_send'], body, 'receipt'), mid)
+        r = self.parse_receipt(self.conn.request(KIND['group_send'], body, 'receipt'), mid)
+        FACTS['messages'].append(dict(kind=1, sender=self.name, group=gid.hex(),
+                                      epoch=g['epoch'], message_id=mid.hex(), seq=r['seq'],
+                                      unix_ms=r['unix_ms'], ciphertext=msg.hex()))
+        return mid, body, r
 
     def open_group_message(self, entry):
         """2.5, in the document's order. Returns (sender, text)."""
@@ -804,6 +823,8 @@ class User:
         c = make_commit(g, op, name, key, self.id.sk, identity)
         body = self.conn.request(KIND['commit'], u32(len(c)) + c, 'commit_accepted')
         expect(body == gid + u64(g['epoch'] + 1), 'commit accepted: group id, next epoch')
+        FACTS['commits'].append(dict(signer=self.name, group=gid.hex(), epoch=g['epoch'] + 1,
+                                     commit=c.hex()))
         return c
 
     def add_member(self, gid, name):
@@ -889,6 +910,7 @@ class User:
 
     def ack(self, up_to):
         self.conn.send(KIND['ack'], u64(up_to))
+        FACTS['acks'].append(dict(user=self.name, up_to=up_to))
 
 
 # ---------------------------------------------------------------- checks
@@ -991,7 +1013,9 @@ def negative_checks(addr, alice):
     expect(c.is_closed(), 'closed')
     ok('register a name with a control character: BadName (202), closed')
 
-    c = register_with(fresh_name('proof'), Identity(), b'hermes login v1\x00')
+    refused = fresh_name('proof')
+    FACTS['refused_names'].append(refused)
+    c = register_with(refused, Identity(), b'hermes login v1\x00')
     c.expect_error(205)
     expect(c.is_closed(), 'closed')
     ok('register with a login-labelled proof: BadSignature (205), closed')
@@ -999,7 +1023,9 @@ def negative_checks(addr, alice):
     # An identity whose certificate does not verify.
     ident = Identity()
     ident.public = ident.public[:-1] + bytes([ident.public[-1] ^ 1])
-    c = register_with(fresh_name('cert'), ident)
+    refused = fresh_name('cert')
+    FACTS['refused_names'].append(refused)
+    c = register_with(refused, ident)
     c.expect_error(204)
     expect(c.is_closed(), 'closed')
     ok('register an identity with a bad certificate: BadIdentity (204), closed')
@@ -1350,6 +1376,145 @@ def interop(addr, binary):
         shutil.rmtree(state, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- Part 4, 3.6
+def crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC_TABLE = crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def read_segments(data_dir):
+    """Part 4: every record of every segment, checked; returns
+    [(record id, kind, unix_ms, payload)] in id order."""
+    seg_dir = os.path.join(data_dir, 'segments')
+    names = sorted(n for n in os.listdir(seg_dir) if n.endswith('.seg'))
+    expect(names, 'at least one segment')
+    records, last_id = [], 0
+    for n in names:
+        expect(len(n) == 20 and all(ch in '0123456789abcdef' for ch in n[:16]),
+               f'segment name {n}')
+        b = open(os.path.join(seg_dir, n), 'rb').read()
+        h = b[:40]
+        expect(h[:8] == b'HERMESMB', f'{n}: magic')
+        expect(int.from_bytes(h[8:12], 'big') == 1, f'{n}: version')
+        expect(h[12:16] == b'\0' * 4 and h[32:36] == b'\0' * 4, f'{n}: reserved')
+        expect(int.from_bytes(h[16:24], 'big') == int(n[:16], 16), f'{n}: segment number')
+        base = int.from_bytes(h[24:32], 'big')
+        expect(crc32c(h[:36]) == int.from_bytes(h[36:40], 'big'), f'{n}: header checksum')
+        off = 40
+        while off + 24 <= len(b) and b[off:off + 24] != b'\0' * 24:
+            length, kind = int.from_bytes(b[off:off + 4], 'big'), b[off + 4]
+            expect(b[off + 5:off + 8] == b'\0' * 3, f'{n}@{off}: reserved')
+            rid = int.from_bytes(b[off + 8:off + 16], 'big')
+            unix_ms = int.from_bytes(b[off + 16:off + 24], 'big')
+            expect(length <= 2 << 20 and off + 28 + length <= len(b), f'{n}@{off}: length')
+            crc = int.from_bytes(b[off + 24 + length:off + 28 + length], 'big')
+            expect(crc32c(b[off:off + 24 + length]) == crc, f'{n}@{off}: checksum')
+            expect(rid > last_id and rid >= base, f'{n}@{off}: id order')
+            last_id = rid
+            records.append((rid, kind, unix_ms, b[off + 24:off + 24 + length]))
+            off += (28 + length + 7) & ~7
+        expect(all(x == 0 for x in b[off:]), f'{n}: only zeros after the last record')
+    return records
+
+
+def parse_entry_body(r):
+    """3.6: a deliver frame after its seq."""
+    out = dict(sender=r.str8(), group=r.take(16).hex(), kind=r.int(1),
+               message_id=r.take(16).hex(), unix_ms=r.int(8))
+    out['ciphertext'] = r.take(r.int(4)).hex()
+    return out
+
+
+def verify_records(data_dir, facts):
+    """3.6: decode every record payload and check that what the Python
+    users did (facts) is recorded as the document says."""
+    by_lsn = {}
+    for rid, kind, unix_ms, payload in read_segments(data_dir):
+        r = Reader(payload)
+        lsn = r.int(8)
+        if kind == 1:
+            rec = dict(name=r.str8(), identity=r.take(r.int(2)).hex())
+        elif kind == 2:
+            rec = parse_entry_body(r)
+            expect(rec['kind'] == 5, 'commit record: entry kind 5')
+        elif kind == 3:
+            rec = dict(epoch=r.int(8), **parse_entry_body(r))
+            expect(rec['kind'] == 1, 'group message record: entry kind 1')
+        elif kind == 4:
+            rec = dict(recipient=r.int(4), **parse_entry_body(r))
+            expect(rec['kind'] in (2, 3, 4), 'direct record: entry kind 2, 3 or 4')
+        elif kind == 5:
+            rec = dict(user=r.int(4), up_to=r.int(8))
+        else:
+            raise Fail(f'record kind {kind}')
+        r.end()
+        rec.update(record_kind=kind, lsn=lsn, record_unix_ms=unix_ms)
+        by_lsn[lsn] = rec      # a later copy (higher record id) of one lsn wins
+    recs = [by_lsn[k] for k in sorted(by_lsn)]
+    ok(f'{len(recs)} records read: segment headers, CRC32C, ids, padding as Part 4 says')
+    accounts = [x for x in recs if x['record_kind'] == 1]
+    number = {x['name']: i for i, x in enumerate(accounts)}
+    names = [x['name'] for x in accounts]
+    for name, identity in facts['accounts'].items():
+        expect(names.count(name) == 1, f'one account record for {name}')
+        expect(accounts[number[name]]['identity'] == identity, f'identity of {name}')
+    for name in facts['refused_names']:
+        expect(name not in number, f'no account for the refused {name}')
+    ok(f'account records: one per registered name with its identity '
+       f'({len(facts["accounts"])} Python users), none for refused registrations')
+    for m in facts['messages']:
+        rec = by_lsn.get(m['seq'])
+        expect(rec is not None, f'a record with lsn = receipt seq {m["seq"]}')
+        want_kind = 3 if m['kind'] == 1 else 4
+        expect(rec['record_kind'] == want_kind and rec['kind'] == m['kind'], 'record kind')
+        for f in ('sender', 'group', 'message_id', 'unix_ms', 'ciphertext'):
+            expect(rec[f] == m[f], f'record field {f}: {rec[f]} != {m[f]}')
+        expect(rec['record_unix_ms'] == m['unix_ms'], 'record header unix_ms = time stored')
+        if m['kind'] == 1:
+            expect(rec['epoch'] == m['epoch'], 'group message record epoch')
+        else:
+            expect(names[rec['recipient']] == m['recipient'], 'recipient account number')
+    mids = [x['message_id'] for x in recs if x['record_kind'] in (3, 4)]
+    expect(len(mids) == len(set(mids)), 'each message stored once (the duplicate was not)')
+    ok(f'message records: lsn = receipt seq, entry body = the deliver frame after its seq '
+       f'({len(facts["messages"])} sends checked)')
+    commits = [x for x in recs if x['record_kind'] == 2]
+    for c in facts['commits']:
+        found = [x for x in commits if x['ciphertext'] == c['commit']]
+        expect(len(found) == 1, 'one commit record per accepted commit')
+        x = found[0]
+        expect(x['sender'] == c['signer'] and x['group'] == c['group'], 'commit sender, group')
+        expect(x['record_unix_ms'] == x['unix_ms'], 'record header unix_ms = time stored')
+        expect(x['message_id'] == (b'\0' * 8 + u64(c['epoch'])).hex(),
+               f'commit record message id {x["message_id"]}: 8 zero bytes || epoch')
+    ok(f'commit records: sender = signer, message id = 8 zero bytes || epoch '
+       f'({len(facts["commits"])} commits)')
+    acks = {}
+    for a in facts['acks']:
+        acks[a['user']] = max(acks.get(a['user'], 0), a['up_to'])
+    ack_recs = [x for x in recs if x['record_kind'] == 5]
+    for user, up_to in acks.items():
+        mine = [x['up_to'] for x in ack_recs if x['user'] == number[user]]
+        expect(mine and max(mine) == up_to, f'ack record of {user}: {mine} vs {up_to}')
+    expect(all(x['up_to'] <= max(by_lsn) for x in ack_recs), 'no ack beyond assigned seqs')
+    ok(f'ack records: account number and cumulative position ({len(acks)} users)')
+
+
 # ---------------------------------------------------------------- main
 def start_relay(binary, data_dir):
     s = socket.socket()
@@ -1374,12 +1539,23 @@ def main():
     ap.add_argument('--server', help='relay address HOST:PORT (else start BIN relay)')
     ap.add_argument('--hermes', help='the hermes binary: interoperate with its CLI')
     ap.add_argument('--relay-key', help="the relay's Ed25519 public key (hex) to pin")
+    ap.add_argument('--facts', help='write (or, with --verify-records, read) what the '
+                    'Python users did, as JSON')
+    ap.add_argument('--verify-records', metavar='DATA_DIR',
+                    help="only check a stopped relay's mailbox (Part 4, 3.6) against --facts")
     args = ap.parse_args()
     global PINNED_RELAY_KEY
     if args.relay_key:
         PINNED_RELAY_KEY = bytes.fromhex(args.relay_key)
     proc = data = None
     try:
+        if args.verify_records:
+            if not args.facts:
+                ap.error('--verify-records needs --facts')
+            with open(args.facts) as f:
+                verify_records(args.verify_records, json.load(f))
+            print(f'all {len(CHECKS)} checks passed', flush=True)
+            return 0
         addr = args.server
         if not addr:
             if not args.hermes:
@@ -1392,7 +1568,15 @@ def main():
         python_group(addr)
         if args.hermes:
             interop(addr, args.hermes)
-    except (Fail, Closed, OSError, subprocess.TimeoutExpired) as e:
+        if args.facts:
+            with open(args.facts, 'w') as f:
+                json.dump(FACTS, f)
+        if proc:
+            proc.terminate()             # SIGTERM: a clean close (README)
+            expect(proc.wait(timeout=10) == 0, 'relay exits 0 on SIGTERM')
+            proc = None
+            verify_records(data, FACTS)
+    except (Fail, Closed, OSError, ValueError, subprocess.TimeoutExpired) as e:
         print(f'FAIL after {len(CHECKS)} checks: {type(e).__name__}: {e}', flush=True)
         return 1
     finally:
