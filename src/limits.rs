@@ -261,6 +261,29 @@ pub const RELAY_READ_BUDGET_PER_PASS: usize = 256 * 1024;
 /// per `write(2)`; the kernel's socket buffer holds the rest of the burst.
 pub const RELAY_OUTPUT_BOUND: usize = 64 * 1024;
 
+/// Relay-wide cap on output bytes the loop holds for sockets that did not
+/// take them (the sum of every connection's unsent output, at most
+/// [`RELAY_OUTPUT_BOUND`] plus one frame each). At the cap no connection
+/// pulls more from the core, and the loop closes the connections holding
+/// the most unsent output until the total is back under three quarters of
+/// the cap (their entries stay in the mailbox for the next login; a
+/// dropped reply is answered again when the client retries, deduplicated).
+/// So the loop's output memory is at most this plus one pull (a bound or a
+/// frame), whatever `--max-connections` is: without it the worst case was
+/// `--max-connections` times the per-connection bound (1.25 GiB at 20,000
+/// never-reading connections). 256 MiB is 4,096 connections stuck at
+/// their full bound; readers that keep up hold nothing.
+pub const RELAY_MAX_QUEUED_OUTPUT: usize = 256 * 1024 * 1024;
+
+/// A frame must arrive whole within this time of its first byte, or the
+/// connection gets an error frame (`Malformed`) and is closed. Stops a
+/// logged-in slowloris that dribbles a frame that never ends, which
+/// before this limit held its connection (and the partial frame) until
+/// the idle timeout, 90 s. 30 s lets a maximal 1 MiB frame through at
+/// 35 KB/s; a connection held back by its frames-per-second bucket (whole
+/// frames waiting) is not closed.
+pub const RELAY_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Default frames per second one connection may send (`--max-frames-per-sec`),
 /// also its burst. Past it the loop stops reading that socket until tokens
 /// refill (TCP back-pressure; nothing is dropped). Load tests lift it.

@@ -285,6 +285,270 @@ fn a_mixed_attack_never_stalls_a_conversation() {
     relay.join().unwrap();
 }
 
+/// The hello is signed once per relay start: accepting a connection costs
+/// no Ed25519 signature (a flood of garbage connections used to cost one
+/// each). Every hello still verifies, and each carries its own challenge.
+#[test]
+fn hellos_share_one_signature_and_each_verifies() {
+    let mut core = core();
+    let now = Instant::now();
+    let mut hellos = Vec::new();
+    for i in 1..=3 {
+        let c = ConnId(i);
+        core.handle_connect(c, now);
+        let mut out = Vec::new();
+        while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+        let (f, _) = hermes::wire::split_frame(&out, 1 << 20).unwrap().unwrap();
+        let Ok(Frame::Hello(h)) = Frame::decode(f) else {
+            panic!("no hello")
+        };
+        let info = hermes::client::session::verify_hello(&h, Some(core.relay_key())).unwrap();
+        assert_eq!(info.challenge, h.challenge);
+        hellos.push((h.challenge, h.signature));
+    }
+    assert!(hellos.iter().all(|h| h.1 == hellos[0].1));
+    assert_ne!(hellos[0].0, hellos[1].0);
+    assert_ne!(hellos[1].0, hellos[2].0);
+    // A tampered relay key does not verify.
+    let c = ConnId(9);
+    core.handle_connect(c, now);
+    let mut out = Vec::new();
+    while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+    let (f, _) = hermes::wire::split_frame(&out, 1 << 20).unwrap().unwrap();
+    let Ok(Frame::Hello(mut h)) = Frame::decode(f) else {
+        panic!("no hello")
+    };
+    h.relay_key[0] ^= 1;
+    assert!(hermes::client::session::verify_hello(&h, None).is_err());
+}
+
+/// A registration for a taken (or malformed) name is refused before the
+/// relay-wide rate is consulted: such a flood spends no registration token
+/// and no signature check, and a rate-limited request is refused before
+/// its proof is checked.
+#[test]
+fn cheap_refusals_come_before_the_registration_rate() {
+    let config = RelayConfig {
+        registrations_per_minute: 2,
+        ..RelayConfig::default()
+    };
+    let (mut core, _) = RelayCore::open(
+        MemStore::new(),
+        StdRng::seed_from_u64(1),
+        SigningKeyPair::from_secret_bytes(&[7; 32]),
+        config,
+        Instant::now(),
+        1_800_000_000_000,
+    )
+    .unwrap();
+    let now = Instant::now();
+    let key = core.relay_key();
+    let mut next = 0u64;
+    let mut register = |core: &mut RelayCore<MemStore, StdRng>, u: &User, good_proof: bool| {
+        next += 1;
+        let c = ConnId(next);
+        core.handle_connect(c, now);
+        let mut out = Vec::new();
+        while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+        let (f, _) = hermes::wire::split_frame(&out, 1 << 20).unwrap().unwrap();
+        let Ok(Frame::Hello(h)) = Frame::decode(f) else {
+            panic!("no hello")
+        };
+        let mut proof = u.keys.sign(&register_message(&h.challenge, &key, &u.name));
+        if !good_proof {
+            proof[0] ^= 1;
+        }
+        let f = Frame::Register {
+            name: &u.name,
+            identity: &u.identity,
+            proof,
+        }
+        .to_vec();
+        core.handle_bytes(c, &f, now, 0);
+        let mut out = Vec::new();
+        while core.poll_transmit(c, &mut out, 1 << 20) > 0 {}
+        let (f, _) = hermes::wire::split_frame(&out, 1 << 20).unwrap().unwrap();
+        match Frame::decode(f).unwrap() {
+            Frame::Authenticated { .. } => None,
+            Frame::Error(e) => ErrorCode::from_u16(e.code),
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = User::new("first", 1);
+    assert_eq!(register(&mut core, &first, true), None);
+    // 100 attempts on the taken name: refused as taken, no token spent.
+    for _ in 0..100 {
+        assert_eq!(
+            register(&mut core, &first, true),
+            Some(ErrorCode::NameTaken)
+        );
+    }
+    assert_eq!(register(&mut core, &User::new("second", 2), true), None);
+    // The burst of 2 is spent: the next is refused by the rate, even with
+    // a bad proof (the proof is not checked).
+    assert_eq!(
+        register(&mut core, &User::new("third", 3), false),
+        Some(ErrorCode::RegistrationRateLimited)
+    );
+    assert_eq!(
+        register(&mut core, &User::new("third", 3), true),
+        Some(ErrorCode::RegistrationRateLimited)
+    );
+}
+
+/// A logged-in client that dribbles a frame that never ends is closed at
+/// the frame timeout (`RELAY_FRAME_TIMEOUT`; before it, only the 90 s idle
+/// timeout closed it), while a frame that arrives in pieces within the
+/// timeout is served, and a conversation carries on.
+#[test]
+fn a_logged_in_slowloris_is_closed_at_the_frame_timeout() {
+    const { assert!(hermes::limits::RELAY_FRAME_TIMEOUT.as_secs() <= 60) };
+    let mut config = ServerConfig::ephemeral();
+    config.frame_timeout = Duration::from_millis(800);
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let mut slow = RawClient::register(addr, &User::new("slow", 1));
+    let mut ok = RawClient::register(addr, &User::new("patient", 2));
+    // Within the timeout: a ping in three pieces, 200 ms apart.
+    let ping = Frame::Ping { nonce: 5 }.to_vec();
+    for piece in ping.chunks(ping.len().div_ceil(3)) {
+        ok.send_raw(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ok.recv(), Some(Got::Pong { nonce: 5 }));
+    // Slowloris: the header of a 1 MiB ping, then a byte every 100 ms.
+    let started = Instant::now();
+    slow.send_raw(&[0x00, 0x0f, 0xff, 0xff, 1, 0x2b]).unwrap();
+    slow.stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut got = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        if slow.send_raw(&[0]).is_err() {
+            break;
+        }
+        let mut byte = [0u8; 1024];
+        match std::io::Read::read(&mut slow.stream, &mut byte) {
+            Ok(0) => break,
+            Ok(n) => {
+                let (f, _) = hermes::wire::split_frame(&byte[..n], 1 << 20)
+                    .unwrap()
+                    .unwrap();
+                if let Ok(Frame::Error(e)) = Frame::decode(f) {
+                    got = ErrorCode::from_u16(e.code);
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(got, Some(ErrorCode::Malformed), "after {took:?}");
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The patient client is still served.
+    ok.send(&Frame::Ping { nonce: 6 });
+    assert_eq!(ok.recv(), Some(Got::Pong { nonce: 6 }));
+    relay.join().unwrap();
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    out
+}
+
+/// The relay-wide output cap (`RELAY_MAX_QUEUED_OUTPUT`, here lowered to
+/// 1 MiB): members that never read are sent more than their socket
+/// buffers hold; the loop's unsent output stays within the cap plus one
+/// pull, the largest holders are closed, and a member that reads gets
+/// every message.
+#[test]
+fn the_relay_wide_output_cap_closes_the_largest_backlogs() {
+    const CAP: usize = 1 << 20;
+    let mut config = ServerConfig::ephemeral();
+    config.max_queued_output = CAP;
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let sender_u = User::new("sender", 1);
+    let reader_u = User::new("reader", 2);
+    let deaf_u: Vec<User> = (0..6)
+        .map(|i| User::new(&format!("deaf{i}"), 10 + i))
+        .collect();
+    let mut sender = RawClient::register(addr, &sender_u);
+    let mut reader = RawClient::register(addr, &reader_u);
+    let mut deaf: Vec<RawClient> = deaf_u
+        .iter()
+        .map(|u| RawClient::register(addr, u))
+        .collect();
+    let mut members = vec![&sender_u, &reader_u];
+    members.extend(deaf_u.iter());
+    let gid = [0x0c; 16];
+    sender.create_group(&sender_u, &members, gid);
+    // 16 messages of 700 KB: 11 MB per member, more than a loopback
+    // socket pair buffers for a peer that never reads.
+    let body = vec![0x5a; 700_000];
+    let n = 16;
+    for i in 0..n {
+        sender.group_send(gid, mid(1, i), &body);
+        sender.recv_until(|g| matches!(g, Got::Receipt { .. }));
+        // The reader keeps up.
+        reader.recv_until(
+            |g| matches!(g, Got::Deliver { message_id, .. } if *message_id == mid(1, i)),
+        );
+    }
+    let body = http_get(relay.metrics_addr().unwrap(), "/metrics");
+    let peak = metric(&body, "hermes_output_queued_peak_bytes") as usize;
+    let max_frame = hermes::limits::MAX_FRAME_LEN + 4;
+    assert!(peak > CAP / 2, "the cap was never approached: {peak}");
+    assert!(
+        peak <= CAP + hermes::limits::RELAY_OUTPUT_BOUND + max_frame,
+        "peak {peak}"
+    );
+    let evicted = metric(&body, "hermes_errors_total{reason=\"output_cap\"}");
+    assert!(evicted >= 1, "{body}");
+    // The evicted members' connections end (after what the kernel held);
+    // the others just stop having data.
+    let mut ended = 0u64;
+    for d in &mut deaf {
+        d.stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match std::io::Read::read(&mut d.stream, &mut chunk) {
+                Ok(0) => {
+                    ended += 1;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    ended += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(ended, evicted);
+    // The relay still serves.
+    reader.send(&Frame::Ping { nonce: 1 });
+    reader.recv_until(|g| *g == Got::Pong { nonce: 1 });
+    relay.join().unwrap();
+}
+
 /// The abuse swarm for `loadtest/abuse.sh` (not a test: it runs until
 /// `HERMES_ABUSE_SECS` pass against the relay at `HERMES_ABUSE_ADDR`):
 /// `HERMES_ABUSE_RANDOM` (default 1,000) connections writing random bytes
@@ -294,6 +558,12 @@ fn a_mixed_attack_never_stalls_a_conversation() {
 /// a sender sends them 10 messages a second; a registration flood (new
 /// names as fast as the relay admits them); oversized frames in a loop.
 /// Prints what each abuser achieved.
+///
+/// `HERMES_ABUSE_PHASE=setup` only registers the abusers' accounts (names
+/// from `HERMES_ABUSE_TAG`, default the process id) and creates their
+/// group, then returns; `run` logs those accounts in instead of
+/// registering them (so the measured relay can keep its default
+/// registration rate); unset does both in one go.
 #[test]
 #[ignore = "driven by loadtest/abuse.sh"]
 fn abuse_swarm() {
@@ -318,23 +588,42 @@ fn abuse_swarm() {
         env("HERMES_ABUSE_DEAF", 1000) as usize,
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let tag = std::process::id();
+    let tag = std::env::var("HERMES_ABUSE_TAG").unwrap_or_else(|_| std::process::id().to_string());
+    let phase = std::env::var("HERMES_ABUSE_PHASE").unwrap_or_default();
+    let join = |u: &User| {
+        if phase == "run" {
+            RawClient::login(addr, u).0
+        } else {
+            RawClient::register(addr, u)
+        }
+    };
     let mut threads = Vec::new();
 
     // Deaf members and their sender (set up first, before the flood).
     let deaf_users: Vec<User> = (0..n_deaf)
         .map(|i| User::new(&format!("deaf{tag}x{i}"), 10_000 + i as u64))
         .collect();
-    let deaf: Vec<RawClient> = deaf_users
-        .iter()
-        .map(|u| RawClient::register(addr, u))
-        .collect();
+    let deaf: Vec<RawClient> = deaf_users.iter().map(join).collect();
     let sender_user = User::new(&format!("loud{tag}"), 9_999);
-    let mut sender = RawClient::register(addr, &sender_user);
+    let mut sender = join(&sender_user);
     let mut members: Vec<&User> = vec![&sender_user];
     members.extend(deaf_users.iter());
     let gid = [0xab; 16];
-    sender.create_group(&sender_user, &members, gid);
+    let slow_users: Vec<User> = (0..n_slow)
+        .map(|i| User::new(&format!("slow{tag}x{i}"), 20_000 + i as u64))
+        .collect();
+    if phase != "run" {
+        sender.create_group(&sender_user, &members, gid);
+    }
+    if phase == "setup" {
+        for u in &slow_users {
+            drop(join(u));
+        }
+        eprintln!(
+            "abuse: set up {n_deaf} deaf members, their sender and {n_slow} slowloris accounts"
+        );
+        return;
+    }
     let sent = Arc::new(AtomicU64::new(0));
     {
         let (stop, sent) = (stop.clone(), sent.clone());
@@ -392,13 +681,7 @@ fn abuse_swarm() {
     let slow_closed = Arc::new(AtomicU64::new(0));
     {
         let (stop, closed) = (stop.clone(), slow_closed.clone());
-        let users: Vec<User> = (0..n_slow)
-            .map(|i| User::new(&format!("slow{tag}x{i}"), 20_000 + i as u64))
-            .collect();
-        let mut slow: Vec<Option<RawClient>> = users
-            .iter()
-            .map(|u| Some(RawClient::register(addr, u)))
-            .collect();
+        let mut slow: Vec<Option<RawClient>> = slow_users.iter().map(|u| Some(join(u))).collect();
         threads.push(std::thread::spawn(move || {
             let header = [0x00, 0x0f, 0xff, 0xff, 1, 0x2b];
             let mut k = 0;

@@ -147,7 +147,7 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
     assert_ran(
         &stdout,
         &[
-            "ok hello verified (signature over \"hermes hello v1\\0\" || body, ffdhe2048, pinned relay key)",
+            "ok hello verified (signature over \"hermes hello v2\\0\" || body before the challenge, ffdhe2048, pinned relay key)",
             "ok length below 2: Malformed (100), closed",
             "ok length above max_frame: FrameTooLarge (104), closed",
             "ok version 0: OldVersion (101), closed",

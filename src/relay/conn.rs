@@ -194,6 +194,15 @@ pub struct Conn {
     pub sniffer: AuthSniffer,
     /// Frames-per-second limit.
     pub bucket: FrameBucket,
+    /// When the first byte of the partial frame at the head of `inbuf`
+    /// arrived (`None` while `inbuf` is empty): the frame must be whole by
+    /// this plus `RELAY_FRAME_TIMEOUT`.
+    pub partial_since: Option<Instant>,
+    /// A frame deadline for this connection is in the loop's heap.
+    pub deadline_queued: bool,
+    /// Unsent output counted in the loop's relay-wide total
+    /// (`RELAY_MAX_QUEUED_OUTPUT`) for this connection.
+    pub counted: usize,
 }
 
 impl Conn {

@@ -302,8 +302,10 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     config: RelayConfig,
     store: S,
     rng: R,
-    identity: SigningKeyPair,
     relay_key: [u8; 32],
+    /// The hello signature, made once at start (it does not cover the
+    /// per-connection challenge): a connection costs no signing.
+    hello_signature: [u8; 64],
     conns: IdMap<ConnId, Conn>,
     ready: Vec<ConnId>,
     closes: VecDeque<(ConnId, CloseReason)>,
@@ -362,12 +364,22 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     ) -> Result<(Self, ReplayReport), CoreError> {
         let relay_key = identity.public_key();
         let registrations = TokenBucket::new(config.registrations_per_minute);
+        let hello_signature = identity.sign(
+            &Hello {
+                software: &config.software,
+                dh_group: config.dh_group.id(),
+                relay_key,
+                challenge: [0; 32],
+                signature: [0; 64],
+            }
+            .signed_bytes(),
+        );
         let mut core = Self {
             config,
             store,
             rng,
-            identity,
             relay_key,
+            hello_signature,
             conns: IdMap::default(),
             ready: Vec::new(),
             closes: VecDeque::new(),
@@ -438,18 +450,18 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     // Inputs
     // ------------------------------------------------------------------
 
-    /// A new connection: queues the signed hello with a fresh challenge.
+    /// A new connection: queues the hello (signed once at start) with a
+    /// fresh challenge.
     pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
         let mut challenge = [0u8; 32];
         self.rng.fill_bytes(&mut challenge);
-        let mut hello = Hello {
+        let hello = Hello {
             software: &self.config.software,
             dh_group: self.config.dh_group.id(),
             relay_key: self.relay_key,
             challenge,
-            signature: [0; 64],
+            signature: self.hello_signature,
         };
-        hello.signature = self.identity.sign(&hello.signed_bytes());
         let mut control = Vec::with_capacity(256);
         Frame::Hello(hello).encode(&mut control);
         self.conns.insert(

@@ -27,7 +27,8 @@
 //! load generator); [`run_relay`] runs it on the calling thread (`hermes
 //! relay`).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -50,10 +51,11 @@ use super::os;
 use crate::crypto::identity::SigningKeyPair;
 use crate::limits::{
     RELAY_ACCEPTS_PER_PASS, RELAY_CLOSE_LINGER, RELAY_DEFAULT_FRAMES_PER_SEC,
-    RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG,
-    RELAY_METRICS_MAX_CLIENTS, RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT,
-    RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE,
-    RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK,
+    RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FRAME_TIMEOUT, RELAY_HANDSHAKE_TIMEOUT,
+    RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT, RELAY_METRICS_MAX_CLIENTS,
+    RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT, RELAY_OUTPUT_BOUND,
+    RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE, RELAY_SUMMARY_INTERVAL,
+    RELAY_THROTTLE_RECHECK,
 };
 use crate::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store, StoreError};
 use crate::wire::{ErrorCode, ErrorFrame, Frame, LENGTH_PREFIX_LEN, split_frame};
@@ -91,6 +93,10 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// How long a connection may stay unauthenticated.
     pub handshake_timeout: Duration,
+    /// How long a frame may take to arrive whole ([`RELAY_FRAME_TIMEOUT`]).
+    pub frame_timeout: Duration,
+    /// Relay-wide cap on unsent output bytes ([`RELAY_MAX_QUEUED_OUTPUT`]).
+    pub max_queued_output: usize,
     /// Install SIGINT/SIGTERM handlers (the `hermes relay` process only:
     /// handlers are process-wide).
     pub handle_signals: bool,
@@ -112,6 +118,8 @@ impl Default for ServerConfig {
             max_frames_per_sec: RELAY_DEFAULT_FRAMES_PER_SEC,
             metrics: None,
             handshake_timeout: RELAY_HANDSHAKE_TIMEOUT,
+            frame_timeout: RELAY_FRAME_TIMEOUT,
+            max_queued_output: RELAY_MAX_QUEUED_OUTPUT,
             handle_signals: false,
             log_summary: true,
             core: RelayConfig::default(),
@@ -512,6 +520,9 @@ fn start<S: Store>(
         frames_per_sec: config.max_frames_per_sec.max(1),
         max_frame: config.core.max_frame,
         handshake_timeout: config.handshake_timeout,
+        frame_timeout: config.frame_timeout,
+        max_queued_output: config.max_queued_output,
+        queued_out: 0,
         log_summary: config.log_summary,
         scratch: vec![0; RELAY_READ_CHUNK],
         metrics,
@@ -522,9 +533,11 @@ fn start<S: Store>(
         throttle_at: None,
         to_flush: Vec::new(),
         flush_again: Vec::new(),
+        cap_waiting: Vec::new(),
         ready: Vec::new(),
         dead: Vec::new(),
         handshakes: VecDeque::new(),
+        frame_deadlines: BinaryHeap::new(),
         lingers: VecDeque::new(),
         accept_more: false,
         accept_retry_at: None,
@@ -604,6 +617,11 @@ struct Server<S: Store> {
     frames_per_sec: u32,
     max_frame: usize,
     handshake_timeout: Duration,
+    frame_timeout: Duration,
+    max_queued_output: usize,
+    /// Unsent output held over all connections (the sum of their
+    /// `Conn::counted`), kept under `max_queued_output`.
+    queued_out: usize,
     log_summary: bool,
     /// The one read buffer all connections share.
     scratch: Vec<u8>,
@@ -619,10 +637,15 @@ struct Server<S: Store> {
     to_flush: Vec<ConnKey>,
     /// The socket took everything but the core has more: write next pass.
     flush_again: Vec<ConnKey>,
+    /// Held back by the relay-wide output cap: flushed again once under it.
+    cap_waiting: Vec<ConnKey>,
     ready: Vec<ConnId>,
     /// Closed this pass; removed from the slab after the batch.
     dead: Vec<ConnKey>,
     handshakes: VecDeque<(Instant, ConnKey)>,
+    /// When a connection's partial frame must be whole (at most one entry
+    /// per connection: `Conn::deadline_queued`).
+    frame_deadlines: BinaryHeap<Reverse<(Instant, ConnKey)>>,
     lingers: VecDeque<(Instant, ConnKey)>,
     accept_more: bool,
     accept_retry_at: Option<Instant>,
@@ -738,6 +761,7 @@ impl<S: Store> Server<S> {
         let deadlines = [
             self.core.poll_timeout(),
             self.handshakes.front().map(|(t, _)| *t),
+            self.frame_deadlines.peek().map(|Reverse((t, _))| *t),
             self.lingers.front().map(|(t, _)| *t),
             self.throttle_at,
             self.accept_retry_at,
@@ -866,6 +890,9 @@ impl<S: Store> Server<S> {
             authenticated: false,
             sniffer: AuthSniffer::default(),
             bucket: FrameBucket::new(self.frames_per_sec, now),
+            partial_since: None,
+            deadline_queued: false,
+            counted: 0,
         });
         self.metrics.accepted += 1;
         self.metrics.open += 1;
@@ -921,6 +948,13 @@ impl<S: Store> Server<S> {
                 if c.inbuf.is_empty() {
                     c.inbuf = Vec::new();
                 }
+                track_partial(
+                    c,
+                    used > 0,
+                    now,
+                    self.frame_timeout,
+                    &mut self.frame_deadlines,
+                );
             }
             if c.bucket.available(fps, now) == 0 {
                 self.metrics.throttled += 1;
@@ -946,7 +980,8 @@ impl<S: Store> Server<S> {
                     self.metrics.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     let data = self.scratch.get(..n).unwrap_or_default();
-                    if c.inbuf.is_empty() {
+                    let fresh = c.inbuf.is_empty();
+                    if fresh {
                         let allowed = c.bucket.available(fps, now);
                         let (used, frames) = feed(
                             &mut self.core,
@@ -965,6 +1000,7 @@ impl<S: Store> Server<S> {
                         c.inbuf.extend_from_slice(data);
                     }
                     reserve_for_frame(&mut c.inbuf, max_frame);
+                    track_partial(c, fresh, now, self.frame_timeout, &mut self.frame_deadlines);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1041,6 +1077,13 @@ impl<S: Store> Server<S> {
             .encode(&mut c.out);
             self.begin_close(k, Some("handshake_timeout"), now);
         }
+        while let Some(&Reverse((deadline, k))) = self.frame_deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.frame_deadlines.pop();
+            self.frame_deadline(k, now);
+        }
         while let Some(&(deadline, k)) = self.lingers.front() {
             if deadline > now {
                 break;
@@ -1064,6 +1107,36 @@ impl<S: Store> Server<S> {
                 self.remove_http(i);
             }
         }
+    }
+
+    /// A partial-frame deadline came: closes `k` if the frame that was
+    /// partial then is still not whole, else watches its current one.
+    fn frame_deadline(&mut self, k: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
+            return;
+        };
+        c.deadline_queued = false;
+        let Some(since) = c.partial_since.filter(|_| c.phase == Phase::Open) else {
+            return;
+        };
+        let due = since + self.frame_timeout;
+        // Whole frames waiting for frame tokens are throttling, not a slow
+        // sender.
+        let whole = matches!(split_frame(&c.inbuf, self.max_frame), Ok(Some(_)));
+        if due > now || whole {
+            c.deadline_queued = true;
+            let at = if whole { now + self.frame_timeout } else { due };
+            self.frame_deadlines.push(Reverse((at, k)));
+            return;
+        }
+        Frame::Error(ErrorFrame {
+            code: ErrorCode::Malformed.to_u16(),
+            refers_to: 0,
+            reference: [0; 16],
+            text: "frame not completed within the frame timeout",
+        })
+        .encode(&mut c.out);
+        self.begin_close(k, Some("frame_timeout"), now);
     }
 
     /// Starts closing `k`: its pending output (the error frame) goes out,
@@ -1118,6 +1191,40 @@ impl<S: Store> Server<S> {
         }
         self.to_flush = list;
         self.to_flush.clear();
+        if self.queued_out >= self.max_queued_output {
+            self.evict_backlogs();
+        }
+        if !self.cap_waiting.is_empty() && self.queued_out < self.max_queued_output {
+            self.flush_again.append(&mut self.cap_waiting);
+        }
+    }
+
+    /// At the relay-wide output cap: closes the connections holding the most
+    /// unsent output until the total is under three quarters of the cap
+    /// ([`RELAY_MAX_QUEUED_OUTPUT`]). Their unsent bytes are dropped at once;
+    /// their entries are still in the mailbox, unacknowledged.
+    fn evict_backlogs(&mut self) {
+        let mut holders: Vec<(usize, ConnKey)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.counted > 0 && c.phase != Phase::Dead)
+            .map(|(_, c)| (c.counted, c.key))
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.max_queued_output / 4 * 3;
+        for (_, k) in holders {
+            if self.queued_out < target {
+                break;
+            }
+            let Some(c) = self.conns.get_mut(k.slot) else {
+                continue;
+            };
+            self.queued_out -= c.counted;
+            c.counted = 0;
+            c.out = Vec::new();
+            c.out_pos = 0;
+            kill(&mut self.dead, c, &mut self.metrics, Some("output_cap"));
+        }
     }
 
     /// Tops the connection's output up from the core (to at most
@@ -1134,7 +1241,10 @@ impl<S: Store> Server<S> {
         let pending = c.pending_out();
         let mut pulled = 0;
         if self.core.has_pending_output(id) {
-            if pending < RELAY_OUTPUT_BOUND {
+            if self.queued_out >= self.max_queued_output {
+                // The relay-wide cap: pull again once evictions made room.
+                self.cap_waiting.push(k);
+            } else if pending < RELAY_OUTPUT_BOUND {
                 c.compact_output();
                 let start = c.out.len();
                 pulled = self
@@ -1173,6 +1283,9 @@ impl<S: Store> Server<S> {
                 }
             }
         }
+        self.queued_out = self.queued_out - c.counted + c.pending_out();
+        c.counted = c.pending_out();
+        self.metrics.output_queued_peak = self.metrics.output_queued_peak.max(self.queued_out);
         let want_write = if c.pending_out() > 0 {
             true
         } else {
@@ -1223,6 +1336,7 @@ impl<S: Store> Server<S> {
                 continue;
             }
             let mut c = self.conns.remove(k.slot);
+            self.queued_out -= c.counted;
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.core.handle_disconnect(core_id(k));
             self.metrics.closed += 1;
@@ -1370,6 +1484,30 @@ impl<S: Store> Server<S> {
         for (_, c) in &mut self.conns {
             let _ = c.stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+/// After `inbuf` changed: notes when its first (partial) frame began —
+/// `now` if the frame at its head is new (`new_head`: whole frames went to
+/// the core, or the buffer was empty) — and makes sure a deadline watches
+/// it ([`RELAY_FRAME_TIMEOUT`]).
+fn track_partial(
+    c: &mut Conn,
+    new_head: bool,
+    now: Instant,
+    timeout: Duration,
+    deadlines: &mut BinaryHeap<Reverse<(Instant, ConnKey)>>,
+) {
+    if c.inbuf.is_empty() {
+        c.partial_since = None;
+        return;
+    }
+    if new_head || c.partial_since.is_none() {
+        c.partial_since = Some(now);
+    }
+    if !c.deadline_queued {
+        c.deadline_queued = true;
+        deadlines.push(Reverse((now + timeout, c.key)));
     }
 }
 

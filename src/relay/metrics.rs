@@ -55,6 +55,9 @@ pub struct Metrics {
     pub throttled: u64,
     /// Times a connection's output bound held deliveries in its mailbox.
     pub output_bound_hits: u64,
+    /// Highest unsent output the loop held over all connections (bytes;
+    /// capped by `RELAY_MAX_QUEUED_OUTPUT`).
+    pub output_queued_peak: usize,
     /// Closes and refusals by reason (`protocol:Malformed`, `idle`, ...).
     pub errors: BTreeMap<String, u64>,
 }
@@ -76,6 +79,7 @@ impl Default for Metrics {
             reregister_calls: 0,
             throttled: 0,
             output_bound_hits: 0,
+            output_queued_peak: 0,
             errors: BTreeMap::new(),
         }
     }
@@ -231,6 +235,12 @@ impl Metrics {
             "Times a slow reader's output bound kept entries in its mailbox.",
             "counter",
             self.output_bound_hits,
+        );
+        counter(
+            "output_queued_peak_bytes",
+            "Most unsent output held over all connections (capped relay-wide).",
+            "gauge",
+            self.output_queued_peak as u64,
         );
         counter(
             "mailbox_records",

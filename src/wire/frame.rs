@@ -24,8 +24,10 @@ pub type GroupId = [u8; 16];
 /// A 128-bit message id (chosen by the sender, unique per sender).
 pub type MessageId = [u8; 16];
 
-/// Domain-separation label of the relay's hello signature.
-pub const HELLO_LABEL: &[u8] = b"hermes hello v1\0";
+/// Domain-separation label of the relay's hello signature (v2: the
+/// signature no longer covers the per-connection challenge, so the relay
+/// signs once per start rather than once per connection; PROTOCOL.md 3.4).
+pub const HELLO_LABEL: &[u8] = b"hermes hello v2\0";
 /// Domain-separation label of a login signature.
 pub const LOGIN_LABEL: &[u8] = b"hermes login v1\0";
 /// Domain-separation label of a registration proof of possession.
@@ -175,18 +177,23 @@ pub struct Hello<'a> {
     pub relay_key: [u8; 32],
     /// The fresh login challenge for this connection.
     pub challenge: [u8; 32],
-    /// Ed25519 signature by `relay_key` over [`Hello::signed_bytes`].
+    /// Ed25519 signature by `relay_key` over [`Hello::signed_bytes`]
+    /// (which leaves the challenge out).
     pub signature: [u8; 64],
 }
 
 impl Hello<'_> {
-    /// The bytes the relay signs: [`HELLO_LABEL`] followed by the hello body
-    /// up to (not including) the signature.
+    /// The bytes the relay signs: [`HELLO_LABEL`], `software`, `dh_group`
+    /// and `relay_key` as encoded in the body. The challenge is not signed:
+    /// the same signature serves every connection of one relay start (see
+    /// PROTOCOL.md 3.4 for why that loses nothing a client relied on).
     #[must_use]
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HELLO_LABEL.len() + 70 + self.software.len());
+        let mut out = Vec::with_capacity(HELLO_LABEL.len() + 34 + self.software.len());
         out.extend_from_slice(HELLO_LABEL);
-        self.put_unsigned(&mut out);
+        put_str8(&mut out, self.software);
+        out.push(self.dh_group);
+        out.extend_from_slice(&self.relay_key);
         out
     }
 

@@ -508,7 +508,9 @@ class Conn:
         r.end()
         expect(self.dh_group == DH_GROUP, 'relay DH group is ffdhe2048')
         expect(PINNED_RELAY_KEY in (None, self.relay_key), 'relay key is the pinned one')
-        expect(ed_verify(self.relay_key, sig, b'hermes hello v1\x00' + body[:-64]),
+        # The signature covers software, dh_group and relay_key: the body
+        # up to the challenge (3.4, hello v2).
+        expect(ed_verify(self.relay_key, sig, b'hermes hello v2\x00' + body[:-96]),
                'hello signature')
 
 
@@ -1563,7 +1565,7 @@ def main():
             data = tempfile.mkdtemp(prefix='hermes-wire-relay-')
             proc, addr = start_relay(args.hermes, data)
         Conn(addr).close()
-        ok('hello verified (signature over "hermes hello v1\\0" || body, ffdhe2048'
+        ok('hello verified (signature over "hermes hello v2\\0" || body before the challenge, ffdhe2048'
            + (', pinned relay key' if PINNED_RELAY_KEY else '') + ')')
         python_group(addr)
         if args.hermes:

@@ -42,14 +42,17 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         let Some(challenge) = self.take_challenge(conn) else {
             return self.fail(conn, ErrorCode::AlreadyAuthenticated, k, [0; 16], false);
         };
-        if !self.registrations.take(now) {
-            return self.fail(conn, ErrorCode::RegistrationRateLimited, k, [0; 16], true);
-        }
+        // Cheap refusals first (no token spent on them), then the
+        // relay-wide rate, and only then the two signature checks: a flood
+        // past the rate costs no cryptography.
         let Ok(name) = normalize_name(name) else {
             return self.fail(conn, ErrorCode::BadName, k, [0; 16], true);
         };
         if self.by_name.contains_key(name.as_str()) {
             return self.fail(conn, ErrorCode::NameTaken, k, [0; 16], true);
+        }
+        if !self.registrations.take(now) {
+            return self.fail(conn, ErrorCode::RegistrationRateLimited, k, [0; 16], true);
         }
         let pi = match PublicIdentity::decode(identity) {
             Ok(pi) if pi.verify().is_ok() && pi.dh_public.group() == self.config.dh_group => pi,
