@@ -242,8 +242,10 @@ pub enum GroupCmd {
     Admin {
         /// The group.
         group: String,
-        /// The new admin.
-        user: String,
+        /// The new admin. (Not named `user`: that id is the global
+        /// `--user` / `HERMES_USER`, which clap would merge with it.)
+        #[arg(value_name = "USER")]
+        new_admin: String,
     },
     /// List your groups.
     List,
@@ -262,7 +264,10 @@ impl From<GroupCmd> for crate::client::commands::GroupCommand {
             GroupCmd::Add { group, users } => G::Add { group, users },
             GroupCmd::Remove { group, users } => G::Remove { group, users },
             GroupCmd::Leave { group } => G::Leave { group },
-            GroupCmd::Admin { group, user } => G::Admin { group, user },
+            GroupCmd::Admin { group, new_admin } => G::Admin {
+                group,
+                user: new_admin,
+            },
             GroupCmd::List => G::List,
             GroupCmd::Members { group } => G::Members { group },
         }
@@ -313,6 +318,37 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         Some(Command::Trust { who, client }) => {
             crate::client::commands::trust(&client.to_options()?, &who)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `hermes group admin GROUP USER` once shared clap's id `user` with the
+    /// global `--user`: the new admin's name replaced the caller's (the
+    /// command ran as the new admin) and `--user` was refused.
+    #[test]
+    fn group_admin_keeps_the_caller_apart_from_the_new_admin() {
+        for args in [
+            &["hermes", "group", "admin", "crew", "bob", "--user", "zoe"][..],
+            &["hermes", "group", "--user", "zoe", "admin", "crew", "bob"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Some(Command::Group {
+                cmd: GroupCmd::Admin { group, new_admin },
+                client,
+            }) = cli.command
+            else {
+                panic!("{args:?} parsed as {:?}", cli.command);
+            };
+            assert_eq!(
+                (group.as_str(), new_admin.as_str()),
+                ("crew", "bob"),
+                "{args:?}"
+            );
+            assert_eq!(client.user.as_deref(), Some("zoe"), "{args:?}");
         }
     }
 }
