@@ -6,8 +6,8 @@
 //! acks a group message, checks the documented error codes (malformed,
 //! oversized, wrong version or kind, wrong login proof, refused commits
 //! and sends, ...), and exchanges messages both ways with the `hermes`
-//! binary through genesis, add with welcome, remove with rotation and a key
-//! request. Then, with the relay stopped, the same script reads the
+//! binary through genesis, add with welcome, remove with rotation, admin
+//! transfer, an admin's leave (dissolution) and key requests both ways. Then, with the relay stopped, the same script reads the
 //! relay's mailbox files (PROTOCOL.md Part 4 and 3.6) and checks that what
 //! its users did is recorded as documented.
 //!
@@ -169,6 +169,9 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
             "ok remove: Python applied it and rotated",
             "ok Rust CLI accepted the Python admin's add commit and welcome",
             "ok Rust CLI sent a key request (2.7)",
+            "ok Python key request answered by the Rust CLI",
+            "ok Python applied the Rust admin's transfer-admin commit",
+            "ok Rust CLI applied the Python admin's leave",
         ],
     );
 

@@ -23,8 +23,10 @@ Against a live relay it:
   * with --hermes BIN, interoperates with the Rust `hermes` CLI (Part 5):
     messages both ways in a group each side created, the Rust admin adding
     (commit + welcome, log verified from genesis) and removing a Python
-    user (everyone rotates to key id 2), the Python admin adding the Rust
-    user, and a key request from the Rust client answered by Python;
+    user (everyone rotates to key id 2), a transfer of the admin role to
+    Python and Python's leave dissolving the group, the Python admin adding
+    the Rust user, and key requests both ways (each side answers the
+    other's);
   * reads the stopped relay's mailbox files (Part 4: segment headers,
     records, CRC32C; 3.6: record payloads) and checks that every account,
     send, commit and ack of its users is recorded as documented, and
@@ -38,8 +40,8 @@ Usage:
 Prints one `ok ...` line per check and `all N checks passed` (exit 0), or
 `FAIL ...` (exit 1). Every socket read has a 5 s timeout. WIRE_TRACE=1
 prints every pushed entry. Run by `cargo test --test independent_client`.
-Not implemented (not needed against `hermes`): sending key requests,
-skipped message keys, gap allowances, identity changes."""
+Not implemented (not needed against `hermes` here): skipped message keys,
+gap allowances, identity changes, ffdhe3072."""
 import argparse, hashlib, hmac, json, os, secrets, shutil, socket, struct
 import subprocess, sys, tempfile, time, unicodedata
 
@@ -546,6 +548,10 @@ class User:
         self.raw_identities = {}
         self.lazy = False      # True: on an add, record my key as given but lose it
                                # (so the newcomer must send a key request)
+        self.lose_distribution_from = None   # ignore this sender's next distribution
+        self.asked = set()     # (group, sender) key requests sent
+        self.pending = []      # entries kept until their group or key is known (5.4)
+        self.key_requests_sent = 0
         self.groups = {}       # gid -> dict(epoch, admin, roster, mine, chains)
         self.last_seq = 0
 
@@ -865,6 +871,9 @@ class User:
         if k == 5:
             self.on_commit(gid, e['ciphertext'])
         elif k == 2:
+            if e['sender'] == self.lose_distribution_from:
+                self.lose_distribution_from = None      # as if it never came
+                return None
             self.open_distribution(e)
         elif k == 3:
             r = Reader(self.open_direct(e, 0x04))
@@ -886,6 +895,10 @@ class User:
             sender, key_id = r.str16(), r.int(4)
             if (sender, key_id) not in g['chains']:
                 pending.append(e)
+                if (gid, sender) not in self.asked and sender in g['roster']:
+                    self.asked.add((gid, sender))       # 5.4: once per sender
+                    self.direct_send(sender, gid, 3, 0x04, u8(1) + gid + u32(key_id))
+                    self.key_requests_sent += 1
                 return None
             return self.open_group_message(e)
         return None
@@ -894,7 +907,7 @@ class User:
         """Process pushed entries (acking each) until `until(messages)`
         holds; retries pending entries after each one. Returns the group
         messages opened."""
-        got, pending = [], []
+        got, pending = [], self.pending
         for _ in range(rounds):
             e = self.conn.next_entry()
             self.last_seq = e['seq']
@@ -1284,11 +1297,18 @@ def interop(addr, binary):
                f'Rust received the Python message: {msgs}')
         ok('Rust CLI verified and decrypted a message from the Python client')
 
+        # Python loses the Rust user's distribution, asks for it (5.4), and
+        # the Rust client answers on its next run with the same key.
+        py.lose_distribution_from = rust.name
         rust.run('send', '--group', 'py-made', 'hello python, from rust')
+        py.pump(lambda ms: py.key_requests_sent == 1)
+        expect(not py.groups[gid]['chains'], 'no Rust chain yet')
+        rust.recv()
         got = py.pump(texts('hello python, from rust'))
         expect(got[-1]['sender'] == rust.name, 'sender is the Rust user')
         expect(got[-1]['message_id'] == got[-1]['wire_message_id'],
                'the Rust client uses the header message id as the wire message id')
+        ok('Python key request answered by the Rust CLI; the pending message opened')
         ok('Python client verified and decrypted a message from the Rust CLI')
 
         # 2. The Rust user creates a group; the Python user is a member.
@@ -1347,6 +1367,26 @@ def interop(addr, binary):
         expect(has(msgs, 'rust-made', py.name, 'python after the removal'),
                f'Rust read the rotated key: {msgs}')
         ok('Rust CLI decrypted the Python member\'s rotated sender key (key id 2)')
+
+        # Transfer of the admin role to Python, then Python (admin) leaves:
+        # the group is dissolved for everyone (2.3).
+        rust.run('group', 'admin', 'rust-made', py.name)
+        py.pump(lambda ms: py.groups[gid2]['admin'] == py.name, rounds=10)
+        expect(py.groups[gid2]['mine'].key_id == 2, 'a transfer changes no keys')
+        ok('Python applied the Rust admin\'s transfer-admin commit (no rotation)')
+        c = py.commit(gid2, 3, py.name, py.id.key)
+        py.on_commit(gid2, c)
+        expect(py.groups[gid2]['dissolved'], 'a leave by the admin dissolves')
+        mid = secrets.token_bytes(16)
+        py.conn.send(KIND['group_send'], gid2 + u64(4) + mid + u32(2) + b'hi')
+        py.conn.expect_error(300, refers_to=KIND['group_send'], reference=mid)
+        ok('admin leave (signed by the leaver) accepted; a send to the dissolved group '
+           'is UnknownGroup (300)')
+        rust.recv()
+        p = subprocess.run([rust.binary, 'send', '--group', 'rust-made', 'anyone?'],
+                           env=rust.env(), capture_output=True, text=True, timeout=60)
+        expect(p.returncode != 0, 'Rust refuses to send to a dissolved group')
+        ok(f'Rust CLI applied the Python admin\'s leave: {p.stderr.strip()!r}')
 
         # 5. The Python admin adds the Rust user to a group; the other
         # Python member holds back its key so the Rust client must ask.
