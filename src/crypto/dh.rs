@@ -264,65 +264,49 @@ pub fn modexp_ct_in_group(
     // `Uint::from_be_slice` requires exactly `Uint::BYTES` bytes: `exp` has
     // exactly `mod_bits` of precision and `base` was checked to be
     // `modulus_len` bytes, which are the sizes of U2048 / U3072.
-    let out = match (group, backend) {
-        (DhGroup::Ffdhe2048, MontyBackend::Fixed) => {
-            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
-            let r = pow_fixed(fixed_params_2048(), base, &e, exponent_bits);
-            e.zeroize();
-            r
-        }
-        (DhGroup::Ffdhe3072, MontyBackend::Fixed) => {
-            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
-            let r = pow_fixed(fixed_params_3072(), base, &e, exponent_bits);
-            e.zeroize();
-            r
-        }
-        (DhGroup::Ffdhe2048, MontyBackend::FixedAmm) => {
-            let mut e = Uint::<{ U2048::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
-            let r = pow_fixed_amm(fixed_params_2048(), base, &e, exponent_bits);
-            e.zeroize();
-            r
-        }
-        (DhGroup::Ffdhe3072, MontyBackend::FixedAmm) => {
-            let mut e = Uint::<{ U3072::LIMBS }>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
-            let r = pow_fixed_amm(fixed_params_3072(), base, &e, exponent_bits);
-            e.zeroize();
-            r
-        }
-        (_, MontyBackend::Boxed) => pow_boxed(&group.consts().boxed, base, &exp, exponent_bits)?,
+    let fixed = |walk| match group {
+        DhGroup::Ffdhe2048 => pow_fixed(fixed_params_2048(), base, &exp, exponent_bits, walk),
+        DhGroup::Ffdhe3072 => pow_fixed(fixed_params_3072(), base, &exp, exponent_bits, walk),
+    };
+    let out = match backend {
+        MontyBackend::Fixed => fixed(FixedWalk::Montgomery),
+        MontyBackend::FixedAmm => fixed(FixedWalk::AlmostMontgomery),
+        MontyBackend::Boxed => pow_boxed(&group.consts().boxed, base, &exp, exponent_bits)?,
     };
     exp.zeroize();
     Ok(out)
 }
 
-/// `FixedMontyForm::pow_bounded_exp`: constant-time fixed-window
-/// exponentiation; `base` must be exactly `Uint::<L>::BYTES` long (checked
-/// by the caller).
-fn pow_fixed<const L: usize, const E: usize>(
-    params: &FixedMontyParams<L>,
-    base: &[u8],
-    exponent: &Uint<E>,
-    exponent_bits: u32,
-) -> Zeroizing<Vec<u8>> {
-    let b = Uint::<L>::from_be_slice(base);
-    let mut m = FixedMontyForm::new(&b, params).pow_bounded_exp(exponent, exponent_bits);
-    let mut r = m.retrieve();
-    m.zeroize();
-    let out = Zeroizing::new(r.to_be_bytes().as_ref().to_vec());
-    r.zeroize();
-    out
+/// Which window walk of `FixedMontyForm` [`pow_fixed`] runs (both
+/// constant time in the exponent's value).
+#[derive(Clone, Copy)]
+enum FixedWalk {
+    /// `pow_bounded_exp`: Montgomery multiplication throughout.
+    Montgomery,
+    /// `pow_amm_bounded_exp`: the same walk with almost-Montgomery
+    /// multiplication and one final constant-time reduction.
+    AlmostMontgomery,
 }
 
-/// `FixedMontyForm::pow_amm_bounded_exp`: the same window walk with
-/// almost-Montgomery multiplication and one final constant-time reduction.
-fn pow_fixed_amm<const L: usize>(
+/// Fixed-size (stack limbs) constant-time fixed-window exponentiation.
+/// `base` and `exp` must be exactly `Uint::<L>::BYTES` long (checked by the
+/// caller: `exp` has the modulus's precision); the fixed-size copy of the
+/// exponent and every intermediate are zeroized.
+fn pow_fixed<const L: usize>(
     params: &FixedMontyParams<L>,
     base: &[u8],
-    exponent: &Uint<L>,
+    exp: &BoxedUint,
     exponent_bits: u32,
+    walk: FixedWalk,
 ) -> Zeroizing<Vec<u8>> {
+    let mut e = Uint::<L>::from_be_slice(&Zeroizing::new(exp.to_be_bytes()));
     let b = Uint::<L>::from_be_slice(base);
-    let mut m = FixedMontyForm::new(&b, params).pow_amm_bounded_exp(exponent, exponent_bits);
+    let form = FixedMontyForm::new(&b, params);
+    let mut m = match walk {
+        FixedWalk::Montgomery => form.pow_bounded_exp(&e, exponent_bits),
+        FixedWalk::AlmostMontgomery => form.pow_amm_bounded_exp(&e, exponent_bits),
+    };
+    e.zeroize();
     let mut r = m.retrieve();
     m.zeroize();
     let out = Zeroizing::new(r.to_be_bytes().as_ref().to_vec());
