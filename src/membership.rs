@@ -374,21 +374,7 @@ impl Commit {
         let op = match tag {
             0 => {
                 let display_name = r.string(MAX_GROUP_DISPLAY_NAME_BYTES)?;
-                let count = r.u32()? as usize;
-                if count > MAX_GROUP_MEMBERS {
-                    return Err(MembershipError::TooManyMembers {
-                        count,
-                        max: MAX_GROUP_MEMBERS,
-                    });
-                }
-                // Each entry is at least 2 + 1 + 32 bytes: bound the
-                // allocation by what the input can actually hold.
-                let mut members = Vec::with_capacity(count.min(r.remaining() / 35));
-                for _ in 0..count {
-                    let name = r.string(MAX_ROSTER_NAME_BYTES)?;
-                    let key = r.array::<32>()?;
-                    members.push((name, key));
-                }
+                let members = read_roster(&mut r)?;
                 Operation::Genesis {
                     display_name,
                     members,
@@ -778,18 +764,7 @@ impl GroupState {
         let admin = r.string(MAX_ROSTER_NAME_BYTES)?;
         let epoch = r.u64()?;
         let dissolved = r.u8()? != 0;
-        let count = r.u32()? as usize;
-        if count > MAX_GROUP_MEMBERS {
-            return Err(MembershipError::TooManyMembers {
-                count,
-                max: MAX_GROUP_MEMBERS,
-            });
-        }
-        let mut list = Vec::with_capacity(count.min(r.remaining() / 35));
-        for _ in 0..count {
-            let name = r.string(MAX_ROSTER_NAME_BYTES)?;
-            list.push((name, r.array::<32>()?));
-        }
+        let list = read_roster(&mut r)?;
         r.finish()?;
         check_sorted(&list)?;
         Ok(GroupState {
@@ -801,6 +776,26 @@ impl GroupState {
             dissolved,
         })
     }
+}
+
+/// `u32 count ‖ (str name ‖ 32-byte key) per member`, as a genesis and the
+/// state encoding both hold it: at most [`MAX_GROUP_MEMBERS`] entries, the
+/// allocation bounded by what the input can hold (each entry is at least
+/// 2 + 1 + 32 bytes). Order is not checked here.
+fn read_roster(r: &mut Reader<'_>) -> Result<Vec<(String, IdentityKey)>, MembershipError> {
+    let count = r.u32()? as usize;
+    if count > MAX_GROUP_MEMBERS {
+        return Err(MembershipError::TooManyMembers {
+            count,
+            max: MAX_GROUP_MEMBERS,
+        });
+    }
+    let mut members = Vec::with_capacity(count.min(r.remaining() / 35));
+    for _ in 0..count {
+        let name = r.string(MAX_ROSTER_NAME_BYTES)?;
+        members.push((name, r.array::<32>()?));
+    }
+    Ok(members)
 }
 
 fn verify(key: &IdentityKey, msg: &[u8], sig: &[u8; 64]) -> Result<(), MembershipError> {
