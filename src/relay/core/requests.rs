@@ -236,20 +236,16 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         };
         let gid = commit.group_id;
         let lsn = self.next_lsn;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        payload.extend_from_slice(&lsn.to_be_bytes());
-        put_entry_body(
-            &mut payload,
-            &commit.signer,
-            &gid,
-            EntryKind::Commit,
-            &commit_message_id(commit.epoch),
-            unix_ms,
-            bytes,
-        );
-        let appended = self.store.append(records::KIND_COMMIT, unix_ms, &payload);
-        self.scratch = payload;
+        let entry = EntryRecord {
+            record_kind: records::KIND_COMMIT,
+            header: &[],
+            sender: &commit.signer,
+            group_id: &gid,
+            kind: EntryKind::Commit,
+            message_id: &commit_message_id(commit.epoch),
+            ciphertext: bytes,
+        };
+        let appended = append_entry(&mut self.store, &mut self.scratch, lsn, unix_ms, &entry);
         let record = match appended {
             Ok(r) => r,
             Err(e) => return self.fail(conn, store_code(&e), k, gid, false),
@@ -411,23 +407,16 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             return self.fail(conn, ErrorCode::QuotaExceeded, k, message_id, false);
         }
         let lsn = self.next_lsn;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        payload.extend_from_slice(&lsn.to_be_bytes());
-        payload.extend_from_slice(&epoch.to_be_bytes());
-        put_entry_body(
-            &mut payload,
-            &u.name,
-            &gid,
-            EntryKind::GroupMessage,
-            &message_id,
-            unix_ms,
+        let entry = EntryRecord {
+            record_kind: records::KIND_GROUP_MESSAGE,
+            header: &epoch.to_be_bytes(),
+            sender: &u.name,
+            group_id: &gid,
+            kind: EntryKind::GroupMessage,
+            message_id: &message_id,
             ciphertext,
-        );
-        let appended = self
-            .store
-            .append(records::KIND_GROUP_MESSAGE, unix_ms, &payload);
-        self.scratch = payload;
+        };
+        let appended = append_entry(&mut self.store, &mut self.scratch, lsn, unix_ms, &entry);
         let record = match appended {
             Ok(r) => r,
             Err(e) => return self.fail(conn, store_code(&e), k, message_id, false),
@@ -488,21 +477,16 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             return self.fail(conn, ErrorCode::QuotaExceeded, k, message_id, false);
         }
         let lsn = self.next_lsn;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        payload.extend_from_slice(&lsn.to_be_bytes());
-        payload.extend_from_slice(&to.to_be_bytes());
-        put_entry_body(
-            &mut payload,
-            &u.name,
-            &gid,
+        let entry = EntryRecord {
+            record_kind: records::KIND_DIRECT,
+            header: &to.to_be_bytes(),
+            sender: &u.name,
+            group_id: &gid,
             kind,
-            &message_id,
-            unix_ms,
+            message_id: &message_id,
             ciphertext,
-        );
-        let appended = self.store.append(records::KIND_DIRECT, unix_ms, &payload);
-        self.scratch = payload;
+        };
+        let appended = append_entry(&mut self.store, &mut self.scratch, lsn, unix_ms, &entry);
         let record = match appended {
             Ok(r) => r,
             Err(e) => return self.fail(conn, store_code(&e), k, message_id, false),
@@ -542,6 +526,43 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         self.take_lsn();
         self.apply_ack(record, user, up_to);
     }
+}
+
+/// One message record to store: `lsn ‖ header ‖ entry body`
+/// (`records.rs` has the layouts: `header` is a group message's epoch, a
+/// direct message's recipient, empty for a commit).
+struct EntryRecord<'a> {
+    record_kind: u8,
+    header: &'a [u8],
+    sender: &'a str,
+    group_id: &'a GroupId,
+    kind: EntryKind,
+    message_id: &'a MessageId,
+    ciphertext: &'a [u8],
+}
+
+/// Encodes `e` with `lsn` into the core's reused `scratch` buffer (no
+/// allocation once it has grown) and appends it to the store.
+fn append_entry<S: Store>(
+    store: &mut S,
+    scratch: &mut Vec<u8>,
+    lsn: u64,
+    unix_ms: u64,
+    e: &EntryRecord<'_>,
+) -> Result<RecordId, StoreError> {
+    scratch.clear();
+    scratch.extend_from_slice(&lsn.to_be_bytes());
+    scratch.extend_from_slice(e.header);
+    put_entry_body(
+        scratch,
+        e.sender,
+        e.group_id,
+        e.kind,
+        e.message_id,
+        unix_ms,
+        e.ciphertext,
+    );
+    store.append(e.record_kind, unix_ms, scratch)
 }
 
 /// The member a remove or leave takes out of the roster.
