@@ -7,9 +7,11 @@
 //! oversized, wrong version or kind, wrong login proof, refused commits
 //! and sends, ...), and exchanges messages both ways with the `hermes`
 //! binary through genesis, add with welcome, remove with rotation, admin
-//! transfer, an admin's leave (dissolution) and key requests both ways. Then, with the relay stopped, the same script reads the
-//! relay's mailbox files (PROTOCOL.md Part 4 and 3.6) and checks that what
-//! its users did is recorded as documented.
+//! transfer, an admin's leave (dissolution) and key requests both ways. On
+//! a second relay with a per-member queue cap of 5 it checks gap notices.
+//! Then, with the first relay stopped, the same script reads the relay's
+//! mailbox files (PROTOCOL.md Part 4 and 3.6) and checks that what its
+//! users did is recorded as documented.
 //!
 //! Needs `python3` with the `cryptography` module (`.ci/run` installs it).
 //! When either is missing the test prints a `SKIP` line saying so and
@@ -174,6 +176,20 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
             "ok Rust CLI applied the Python admin's leave",
         ],
     );
+
+    // Gap notices need a relay with a small per-member queue cap.
+    let mut cfg = ServerConfig::ephemeral();
+    cfg.core.queue_cap = 5;
+    let small = spawn_relay(cfg).unwrap();
+    let stdout = run_script(
+        &["--server", &small.addr().to_string(), "--queue-cap", "5"],
+        tmp.path(),
+    );
+    assert_ran(
+        &stdout,
+        &["ok queue cap 5: 3 oldest dropped, one gap notice"],
+    );
+    small.join().unwrap();
 
     // Stop the relay (a clean close) and read its mailbox files.
     relay.join().unwrap();

@@ -27,6 +27,9 @@ Against a live relay it:
     Python and Python's leave dissolving the group, the Python admin adding
     the Rust user, and key requests both ways (each side answers the
     other's);
+  * with --queue-cap N (a relay started with that per-member cap), only
+    the gap scenario: an offline member misses the oldest messages, gets
+    one gap notice and opens the rest with the gap allowance (2.6, 3.4);
   * reads the stopped relay's mailbox files (Part 4: segment headers,
     records, CRC32C; 3.6: record payloads) and checks that every account,
     send, commit and ack of its users is recorded as documented, and
@@ -40,8 +43,8 @@ Usage:
 Prints one `ok ...` line per check and `all N checks passed` (exit 0), or
 `FAIL ...` (exit 1). Every socket read has a 5 s timeout. WIRE_TRACE=1
 prints every pushed entry. Run by `cargo test --test independent_client`.
-Not implemented (not needed against `hermes` here): skipped message keys,
-gap allowances, identity changes, ffdhe3072."""
+Not implemented (not needed against `hermes` here): stored skipped message
+keys, identity changes, ffdhe3072."""
 import argparse, hashlib, hmac, json, os, secrets, shutil, socket, struct
 import subprocess, sys, tempfile, time, unicodedata
 
@@ -375,10 +378,12 @@ class SenderKey:
 
 
 class Chain:
-    """A received sender key (2.4); no skipped keys kept (in-order tests)."""
+    """A received sender key (2.4); no skipped keys kept (in-order tests).
+    `allowance`: iterations gap notices let it skip (2.6)."""
 
     def __init__(self, iteration, ck, public):
         self.iteration, self.ck, self.public = iteration, ck, public
+        self.allowance = 0
 
 
 # ---------------------------------------------------------------- Part 3
@@ -747,8 +752,10 @@ class User:
         chain = g['chains'].get((sender, key_id))
         expect(chain is not None, f'no sender key for {sender} key id {key_id}')
         expect(ed_verify(chain.public, sig, MSG_SIG_LABEL + env), 'message signature')
-        expect(iteration >= chain.iteration and iteration - chain.iteration <= 25000,
-               'iteration in range')
+        jump = iteration - chain.iteration
+        expect(jump >= 0, 'not a duplicate')
+        free = min(jump, chain.allowance)          # 2.6: gap allowance first
+        expect(jump - free <= 25000, 'within MAX_FORWARD_JUMP')
         ck = chain.ck
         for _ in range(iteration - chain.iteration):
             ck = ratchet(ck)[1]
@@ -757,6 +764,8 @@ class User:
         header, pt = open_envelope(enc, mac, env)
         expect(env[3 + len(header):19 + len(header)] == nonce, 'nonce is nonce_i')
         chain.ck, chain.iteration = nxt, iteration + 1
+        chain.allowance -= free
+        entry['skipped_by_allowance'] = free
         return dict(sender=sender, text=pt.decode(), epoch=epoch, message_id=mid,
                     unix_ms=unix_ms, wire_message_id=entry['message_id'], key_id=key_id)
 
@@ -852,6 +861,11 @@ class User:
         Returns the opened group message, if any."""
         user_trace(self, e)
         if e['kind'] == 'gap':
+            g = self.groups.get(e['group'])
+            if g:
+                ids = [k for (m, k) in g['chains'] if m == e['sender']]
+                if ids:
+                    g['chains'][(e['sender'], max(ids))].allowance += e['count']
             return None
         k, gid = e['entry_kind'], e['group']
         if k == 4:
@@ -1233,6 +1247,47 @@ def python_group(addr):
     return alice
 
 
+def gap_scenario(addr, cap):
+    """A relay with a per-member queue cap of `cap` (3.5 limits): an
+    offline member misses the oldest messages, gets one gap notice (3.4)
+    and opens the rest with the gap allowance (2.6)."""
+    alice, bob = User(addr, fresh_name('gapa')), User(addr, fresh_name('gapb'))
+    alice.register()
+    bob.register()
+    gid, _ = alice.create_group('gaps', [bob.name])
+    alice.distribute(gid)
+    # Bob joins on the genesis (and sends his key), installs alice's key.
+    bob.pump(lambda ms: gid in bob.groups and (alice.name, 1) in bob.groups[gid]['chains'])
+    bob.conn.close()                                  # bob goes offline
+    extra = 3
+    sent = [alice.group_send(gid, f'message {i}')[2]['seq'] for i in range(cap + extra)]
+    bob.login()
+    entries = []
+    for _ in range(cap + 10):
+        e = bob.conn.next_entry()
+        entries.append(e)
+        m = bob.process(e, bob.pending)
+        if m:
+            e['text'] = m['text']
+        if sum(1 for x in entries if 'text' in x) == cap:
+            break
+    gaps = [e for e in entries if e['kind'] == 'gap']
+    expect(len(gaps) == 1, f'one gap notice: {entries}')
+    gap = gaps[0]
+    expect(gap['group'] == gid and gap['sender'] == alice.name and gap['count'] == extra,
+           f'gap notice names the group, the sender and {extra} dropped: {gap}')
+    texts = [e['text'] for e in entries if e['kind'] == 'deliver']
+    expect(texts == [f'message {i}' for i in range(extra, cap + extra)],
+           f'the oldest {extra} were dropped, the rest opened in order: {texts}')
+    first = next(e for e in entries if e['kind'] == 'deliver')
+    expect(first['skipped_by_allowance'] == extra, 'skipped by the allowance, not stored')
+    expect(first['seq'] == sent[extra], 'seq of the first kept message is its receipt seq')
+    expect(entries[0] is gap and gap['seq'] < first['seq'],
+           'the gap notice comes before the kept messages')
+    ok(f'queue cap {cap}: {extra} oldest dropped, one gap notice (group, sender, count '
+       f'{extra}) before the rest, opened with the gap allowance (2.6)')
+
+
 # ---------------------------------------------------------------- Rust CLI
 class Rust:
     def __init__(self, binary, addr, state):
@@ -1583,6 +1638,9 @@ def main():
     ap.add_argument('--relay-key', help="the relay's Ed25519 public key (hex) to pin")
     ap.add_argument('--facts', help='write (or, with --verify-records, read) what the '
                     'Python users did, as JSON')
+    ap.add_argument('--queue-cap', type=int, metavar='N',
+                    help='the relay was started with a per-member queue cap of N: '
+                    'run only the gap notice scenario')
     ap.add_argument('--verify-records', metavar='DATA_DIR',
                     help="only check a stopped relay's mailbox (Part 4, 3.6) against --facts")
     args = ap.parse_args()
@@ -1604,6 +1662,10 @@ def main():
                 ap.error('give --server or --hermes')
             data = tempfile.mkdtemp(prefix='hermes-wire-relay-')
             proc, addr = start_relay(args.hermes, data)
+        if args.queue_cap:
+            gap_scenario(addr, args.queue_cap)
+            print(f'all {len(CHECKS)} checks passed', flush=True)
+            return 0
         Conn(addr).close()
         ok('hello verified (signature over "hermes hello v2\\0" || body before the challenge, ffdhe2048'
            + (', pinned relay key' if PINNED_RELAY_KEY else '') + ')')
