@@ -1223,6 +1223,40 @@ def python_group(addr):
     alice.conn.ping()
     ok('a commit that does not decode: BadCommit (303), reference zeros')
 
+    # Members only (3.4).
+    dave.conn.send(KIND['fetch_commits'], gid + u64(0))
+    dave.conn.expect_error(301, refers_to=KIND['fetch_commits'], reference=gid)
+    dave.conn.send(KIND['list_members'], gid)
+    dave.conn.expect_error(301, refers_to=KIND['list_members'], reference=gid)
+    dave.conn.ping()
+    ok('fetch commits / list members by a non-member: NotMember (301), reference = group id')
+
+    # An ack at or below the position is ignored (no answer, no error).
+    bob.ack(1)
+    bob.conn.ping()
+    expect(not bob.conn.inbox, 'nothing after an old ack')
+    ok('an ack below the position is ignored')
+
+    # An identities answer over max_frame: FrameTooLarge, connection kept.
+    n = 4000                                   # 4000 x ~370 bytes > 1 MiB
+    dave.conn.send(KIND['fetch_identities'], u16(n) + str8(alice.name) * n)
+    dave.conn.expect_error(104, refers_to=KIND['fetch_identities'])
+    dave.conn.ping()
+    ok(f'fetch identities answer over max_frame ({n} names): FrameTooLarge (104), kept')
+
+    # Body errors (3.1): Malformed, close.
+    for what, body in (
+            ('a list of 8193 names', u16(8193) + str8('a') * 8193),
+            ('a name of 201 bytes', u16(1) + u8(201) + b'a' * 201),
+            ('a name that is not UTF-8', u16(1) + u8(2) + b'\xff\xfe')):
+        c = User(addr, dave.name)
+        c.id = dave.id
+        c.login()
+        c.conn.send(KIND['fetch_identities'], body)
+        c.conn.expect_error(100, refers_to=KIND['fetch_identities'])
+        expect(c.conn.is_closed(), f'closed after {what}')
+        ok(f'fetch identities with {what}: Malformed (100), closed')
+
     # Names (3.2): the relay NFC-normalises; 1..=50 characters.
     r = alice.fetch_identities([fresh_name('ghost')])
     expect(r == {}, 'unknown name: found = 0')
