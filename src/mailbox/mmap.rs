@@ -869,10 +869,13 @@ impl Store for MmapStore {
     }
 
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {
-        let (s, e) = self.locate(id.0).ok_or(StoreError::NotFound(id))?;
-        let seg = self.segments.get(s).ok_or(StoreError::NotFound(id))?;
-        let entry = *seg.entries.get(e).ok_or(StoreError::NotFound(id))?;
-        seg.record(entry).ok_or(StoreError::NotFound(id))
+        // `ok_or_else`: building the error eagerly costs a drop per call
+        // on the delivery path.
+        let missing = || StoreError::NotFound(id);
+        let (s, e) = self.locate(id.0).ok_or_else(missing)?;
+        let seg = self.segments.get(s).ok_or_else(missing)?;
+        let entry = *seg.entries.get(e).ok_or_else(missing)?;
+        seg.record(entry).ok_or_else(missing)
     }
 
     fn release(&mut self, id: RecordId) {

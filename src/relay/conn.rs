@@ -186,6 +186,9 @@ pub struct Conn {
     pub flush_queued: bool,
     /// Already in the list of connections to read again next pass.
     pub read_queued: bool,
+    /// The peer's FIN or a socket error was reported: read until the
+    /// 0-byte read or the error, never stop at a short read.
+    pub hup: bool,
     /// Life phase.
     pub phase: Phase,
     /// Logged in (the handshake timeout no longer applies).

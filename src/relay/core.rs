@@ -703,9 +703,16 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     /// Stops before exceeding `max_bytes`, except that one whole entry is
     /// always written if nothing else was. Returns the bytes written.
     pub fn poll_transmit(&mut self, conn: ConnId, out: &mut Vec<u8>, max_bytes: usize) -> usize {
+        self.transmit(conn, out, max_bytes).0
+    }
+
+    /// [`RelayCore::poll_transmit`], also saying whether output is still
+    /// pending afterwards (what [`RelayCore::has_pending_output`] would
+    /// answer, without a second lookup).
+    pub fn transmit(&mut self, conn: ConnId, out: &mut Vec<u8>, max_bytes: usize) -> (usize, bool) {
         let start = out.len();
         let Some(c) = self.conns.get_mut(&conn) else {
-            return 0;
+            return (0, false);
         };
         if c.control_pos < c.control.len() {
             let rest = c.control.get(c.control_pos..).unwrap_or_default();
@@ -713,7 +720,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             out.extend_from_slice(rest.get(..n).unwrap_or_default());
             c.control_pos += n;
             if c.control_pos < c.control.len() {
-                return n;
+                return (n, true);
             }
         }
         c.control_pos = 0;
@@ -797,7 +804,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         if !still {
             c.reported = false;
         }
-        out.len() - start
+        (out.len() - start, still)
     }
 
     /// The next connection to close (after writing its pending output), if any.

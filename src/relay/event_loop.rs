@@ -525,6 +525,7 @@ fn start<S: Store>(
         queued_out: 0,
         log_summary: config.log_summary,
         scratch: vec![0; RELAY_READ_CHUNK],
+        outbuf: Vec::with_capacity(RELAY_OUTPUT_BOUND),
         metrics,
         stop,
         signals,
@@ -625,6 +626,9 @@ struct Server<S: Store> {
     log_summary: bool,
     /// The one read buffer all connections share.
     scratch: Vec<u8>,
+    /// The one output buffer connections with nothing left over share:
+    /// pulled into, written from, then only the unsent tail is kept.
+    outbuf: Vec<u8>,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
     signals: Option<Signals>,
@@ -702,6 +706,9 @@ impl<S: Store> Server<S> {
                         let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
                             continue;
                         };
+                        if event.is_read_closed() || event.is_error() {
+                            c.hup = true;
+                        }
                         if (event.is_readable() || event.is_read_closed() || event.is_error())
                             && !c.read_queued
                         {
@@ -886,6 +893,7 @@ impl<S: Store> Server<S> {
             write_interest: false,
             flush_queued: false,
             read_queued: false,
+            hup: false,
             phase: Phase::Open,
             authenticated: false,
             sniffer: AuthSniffer::default(),
@@ -923,6 +931,7 @@ impl<S: Store> Server<S> {
         let fps = self.frames_per_sec;
         let max_frame = self.max_frame;
         let mut budget = RELAY_READ_BUDGET_PER_PASS;
+        let mut drained = false;
         let Some(c) = self.conns.get_mut(k.slot) else {
             return;
         };
@@ -960,6 +969,9 @@ impl<S: Store> Server<S> {
                 self.metrics.throttled += 1;
                 self.throttled.push(k);
                 self.throttle_at.get_or_insert(now + RELAY_THROTTLE_RECHECK);
+                return;
+            }
+            if drained {
                 return;
             }
             if budget == 0 {
@@ -1001,6 +1013,12 @@ impl<S: Store> Server<S> {
                     }
                     reserve_for_frame(&mut c.inbuf, max_frame);
                     track_partial(c, fresh, now, self.frame_timeout, &mut self.frame_deadlines);
+                    // A short read emptied the socket. Edge-triggered epoll
+                    // reports the next data that arrives, so once what was
+                    // read is fed, the read that would only say WouldBlock
+                    // is skipped (not once the peer's FIN or an error was
+                    // reported: then read on until the 0 or the error).
+                    drained = n < self.scratch.len() && !c.hup;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1229,6 +1247,12 @@ impl<S: Store> Server<S> {
 
     /// Tops the connection's output up from the core (to at most
     /// [`RELAY_OUTPUT_BOUND`]) and writes it with one `write(2)`.
+    ///
+    /// Output with nothing left over from an earlier pass is pulled into
+    /// the loop's one shared output buffer and written from there; only
+    /// what the socket does not take is copied into the connection's own
+    /// buffer. So a connection whose socket keeps up costs no allocation
+    /// per pass, and an idle one holds no buffer.
     fn flush(&mut self, k: ConnKey) {
         let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) else {
             return;
@@ -1239,39 +1263,56 @@ impl<S: Store> Server<S> {
         }
         let id = core_id(k);
         let pending = c.pending_out();
+        // Nothing left over: pull into the shared buffer (emptied here, so
+        // no other connection's bytes can ever be written to this one).
+        let shared = pending == 0;
+        self.outbuf.clear();
         let mut pulled = 0;
-        if self.core.has_pending_output(id) {
-            if self.queued_out >= self.max_queued_output {
+        let mut more = false;
+        if self.queued_out >= self.max_queued_output {
+            if self.core.has_pending_output(id) {
                 // The relay-wide cap: pull again once evictions made room.
                 self.cap_waiting.push(k);
-            } else if pending < RELAY_OUTPUT_BOUND {
-                c.compact_output();
-                let start = c.out.len();
-                pulled = self
-                    .core
-                    .poll_transmit(id, &mut c.out, RELAY_OUTPUT_BOUND - pending);
-                if !c.authenticated && c.sniffer.feed(c.out.get(start..).unwrap_or_default()) {
-                    c.authenticated = true;
-                    self.metrics.logins += 1;
-                }
-            } else {
-                self.metrics.output_bound_hits += 1;
             }
+        } else if pending < RELAY_OUTPUT_BOUND {
+            let buf = if shared {
+                &mut self.outbuf
+            } else {
+                c.compact_output();
+                &mut c.out
+            };
+            let start = buf.len();
+            (pulled, more) = self.core.transmit(id, buf, RELAY_OUTPUT_BOUND - pending);
+            if pulled > 0
+                && !c.authenticated
+                && c.sniffer.feed(buf.get(start..).unwrap_or_default())
+            {
+                c.authenticated = true;
+                self.metrics.logins += 1;
+            }
+        } else if self.core.has_pending_output(id) {
+            self.metrics.output_bound_hits += 1;
+            more = true;
         }
-        if c.pending_out() > 0 {
+        let unsent = if shared {
+            self.outbuf.as_slice()
+        } else {
+            c.out.get(c.out_pos..).unwrap_or_default()
+        };
+        if !unsent.is_empty() {
             let res = loop {
                 self.metrics.write_calls += 1;
-                match c.stream.write(c.out.get(c.out_pos..).unwrap_or_default()) {
+                match c.stream.write(unsent) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     r => break r,
                 }
             };
-            match res {
+            let taken = match res {
                 Ok(n) => {
                     self.metrics.bytes_out += n as u64;
-                    c.out_pos += n;
+                    n
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) => {
                     kill(
                         &mut self.dead,
@@ -1281,11 +1322,25 @@ impl<S: Store> Server<S> {
                     );
                     return;
                 }
+            };
+            if shared {
+                // Keep what the socket did not take (allocates only then).
+                c.out.clear();
+                c.out
+                    .extend_from_slice(self.outbuf.get(taken..).unwrap_or_default());
+                c.out_pos = 0;
+            } else {
+                c.out_pos += taken;
             }
         }
         self.queued_out = self.queued_out - c.counted + c.pending_out();
         c.counted = c.pending_out();
         self.metrics.output_queued_peak = self.metrics.output_queued_peak.max(self.queued_out);
+        self.outbuf.clear();
+        if self.outbuf.capacity() > 2 * RELAY_OUTPUT_BOUND {
+            // One oversized entry went through: do not keep its buffer.
+            self.outbuf = Vec::with_capacity(RELAY_OUTPUT_BOUND);
+        }
         let want_write = if c.pending_out() > 0 {
             true
         } else {
@@ -1299,7 +1354,7 @@ impl<S: Store> Server<S> {
                     c.read_queued = true;
                     self.to_read.push(k);
                 }
-            } else if pulled > 0 && self.core.has_pending_output(id) {
+            } else if pulled > 0 && more {
                 // The socket took everything and the core has more. (A
                 // pull that produced nothing is not retried at once: that
                 // would spin; the next readiness or core event retries.)
