@@ -1278,6 +1278,20 @@ def python_group(addr):
     c.send(KIND['register'], str8(long_name) + u16(len(ident.public)) + ident.public + proof)
     c.expect_error(202)
     ok('register a 51-character name: BadName (202)')
+
+    # Two sessions of one user each get a new entry (5.1).
+    bob2 = User(addr, bob.name)
+    bob2.id = bob.id
+    bob2.login()
+    mid, _, _ = alice.group_send(gid, 'to both sessions')
+    for conn in (bob.conn, bob2.conn):
+        for _ in range(20):
+            e = conn.next_entry()
+            if e['kind'] == 'deliver' and e['message_id'] == mid:
+                break
+        else:
+            raise Fail('a session did not get the new entry')
+    ok('two sessions of one user: both are pushed the new entry')
     return alice
 
 
