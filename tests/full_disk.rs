@@ -410,6 +410,52 @@ fn a_full_store_still_takes_acks_and_recovers_by_itself_once_recipients_drain() 
     assert_eq!(drain_bob(&mut sim, &bob), vec![body(252, 1000)]);
 }
 
+/// A relay restarted at its segment limit, with every stored message still
+/// owed to someone, cannot create an active segment: sends are refused, but
+/// the recipient's ack still gets in (one segment beyond the limit, for
+/// space-freeing records only), and the relay recovers by itself.
+#[test]
+fn a_relay_restarted_at_its_limit_still_takes_acks_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sim, _) = Sim::open(mmap(dir.path(), 3));
+    let (alice, bob, ca) = setup(&mut sim);
+    let expect = fill(&mut sim, ca, 1000);
+    drop(sim);
+    let (mut sim, report) = Sim::open(mmap(dir.path(), 3));
+    assert_eq!(report.skipped, 0, "{report:?}");
+    assert_eq!(sim.core.store().stats().segments, 3, "no active segment");
+    let ca = sim.auth(&alice, false).0;
+    assert_eq!(
+        sim.group_send(ca, 200, &body(200, 1)),
+        vec![Got::Error(ErrorCode::StoreFull)]
+    );
+    let (got, acked) = drain_and_ack(&mut sim, &bob);
+    assert_eq!(got, expect, "everything stored survived the restart");
+    assert_eq!(acked, vec![], "the ack is accepted");
+    let ack_id = sim.core.store().stats().next_id - 1;
+    for _ in 0..2000 {
+        if sim
+            .core
+            .store()
+            .durable_up_to()
+            .is_some_and(|d| d.0 >= ack_id)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    sim.core.maintain(T0_MS);
+    assert!(
+        sim.core.store().stats().segments <= 3,
+        "back within the limit"
+    );
+    assert_eq!(
+        sim.group_send(ca, 201, &body(201, 1000)),
+        vec![Got::Receipt(201)]
+    );
+    assert_eq!(drain_and_ack(&mut sim, &bob).0, vec![body(201, 1000)]);
+}
+
 #[test]
 fn injected_disk_full_still_takes_acks_from_the_reserve() {
     let (mut sim, _) = Sim::open(FaultStore::new());

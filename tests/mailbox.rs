@@ -719,17 +719,32 @@ fn a_full_store_still_takes_reserved_appends_and_recovers_through_them() {
         s.append(1, 1, b"").unwrap_err().is_full(),
         "sends stay refused"
     );
-    assert!(
-        s.append_reserved(2, 1, &ack).unwrap_err().is_full(),
-        "the reserve is bounded"
+    assert_eq!(
+        s.stats().segments,
+        2,
+        "both in the active segment's reserve"
     );
-    // What the acks acknowledge is released; once they are durable, the
-    // first segment goes and ordinary appends work again.
-    for &id in &ids {
+    // More go to one segment beyond the limit, and no further.
+    let mut more = Vec::new();
+    while let Ok(id) = s.append_reserved(2, 1, &ack) {
+        more.push(id);
+        assert!(more.len() < 1000, "the reserve is bounded");
+    }
+    assert_eq!(s.stats().segments, 3);
+    assert_eq!(more.len(), (8192 - 40) / 48, "one segment full of acks");
+    assert!(
+        s.append(1, 1, b"").unwrap_err().is_full(),
+        "sends stay refused over the limit"
+    );
+    // What the acks acknowledge is released (and every ack but the newest,
+    // as the relay does); once that is durable, compaction frees both old
+    // segments and ordinary appends work again.
+    let newest = more.pop().unwrap();
+    for &id in ids.iter().chain(&acks).chain(&more) {
         s.release(id);
     }
-    wait_durable(&s, acks[1]);
-    assert_eq!(s.compact().unwrap().segments_deleted, 1);
+    wait_durable(&s, newest);
+    assert_eq!(s.compact().unwrap().segments_deleted, 2);
     let after = s.append(1, 1, b"after").unwrap();
     // Nothing stored was damaged: a restart recovers cleanly.
     let records = s.stats().records;
@@ -737,7 +752,54 @@ fn a_full_store_still_takes_reserved_appends_and_recovers_through_them() {
     let s = MmapStore::open(dir.path(), config, Box::new(|| {})).unwrap();
     assert!(s.recovery_report().is_clean(), "{:?}", s.recovery_report());
     assert_eq!(s.stats().records, records);
-    assert_eq!(s.get(acks[0]).unwrap().payload, ack);
+    assert_eq!(s.get(newest).unwrap().payload, ack);
+    assert_eq!(s.get(after).unwrap().payload, b"after");
+}
+
+/// A store reopened at its segment limit has no active segment (open
+/// could not create one): ordinary appends are refused, but a reserved
+/// append (an ack) may create one segment beyond the limit, so the acks
+/// that let compaction free space still get in; ordinary appends stay
+/// refused until compaction brings the count back under the limit.
+#[test]
+fn a_store_reopened_at_its_limit_still_takes_reserved_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MmapConfig {
+        segment_bytes: 4096,
+        max_segments: 2,
+        fsync: FsyncPolicy::Batch,
+        ..MmapConfig::default()
+    };
+    let mut s = MmapStore::open(dir.path(), config.clone(), Box::new(|| {})).unwrap();
+    let ids = append_n(&mut s, 18); // two full segments
+    assert!(s.append(1, 1, &payload(18)).unwrap_err().is_full());
+    drop(s);
+    let mut s = MmapStore::open(dir.path(), config.clone(), Box::new(|| {})).unwrap();
+    assert_eq!(s.stats().segments, 2, "no room for an active segment");
+    assert!(s.append(1, 1, b"send").unwrap_err().is_full());
+    let ack = s.append_reserved(2, 1, b"ack").unwrap();
+    assert_eq!(s.stats().segments, 3, "one segment beyond the limit");
+    assert!(
+        s.append(1, 1, b"send").unwrap_err().is_full(),
+        "ordinary appends stay refused over the limit"
+    );
+    // Only one beyond: once that segment is full, reserved appends stop too.
+    let big = vec![0u8; s.max_payload()];
+    let mut reserved = 1;
+    while s.append_reserved(2, 1, &big).is_ok() {
+        reserved += 1;
+        assert!(reserved < 10, "the reserve segment is bounded");
+    }
+    assert_eq!(s.stats().segments, 3);
+    // The acks release the old records: compaction frees both old segments
+    // and ordinary appends work again.
+    for &id in &ids {
+        s.release(id);
+    }
+    wait_durable(&s, RecordId(s.stats().next_id - 1));
+    assert_eq!(s.compact().unwrap().segments_deleted, 2);
+    let after = s.append(1, 1, b"after").unwrap();
+    assert_eq!(s.get(ack).unwrap().payload, b"ack");
     assert_eq!(s.get(after).unwrap().payload, b"after");
 }
 

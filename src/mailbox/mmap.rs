@@ -49,6 +49,8 @@ pub struct MmapConfig {
     pub segment_bytes: u64,
     /// Most segment files in use at once (default [`MAILBOX_MAX_SEGMENTS`]);
     /// an append that needs one more fails with [`StoreError::StoreFull`].
+    /// [`Store::append_reserved`] may create one segment beyond it, and
+    /// ordinary appends are refused while the store is over it.
     pub max_segments: usize,
     /// When records become durable.
     pub fsync: FsyncPolicy,
@@ -374,7 +376,7 @@ impl MmapStore {
         }
         // The new active segment records the next id in its header; only
         // once it is on disk may the empty segments that carried it go.
-        match store.create_segment() {
+        match store.create_segment(0) {
             Ok(()) => {
                 if let Some(seg) = store.segments.last() {
                     seg.map
@@ -598,11 +600,12 @@ impl MmapStore {
     }
 
     /// Makes the next segment active: the one the sync thread prepared if
-    /// it is ready (renamed into place), else one created here. On error
-    /// nothing changes.
-    fn create_segment(&mut self) -> Result<(), StoreError> {
+    /// it is ready (renamed into place), else one created here. `beyond`
+    /// segments over `max_segments` are allowed (1 for reserved appends).
+    /// On error nothing changes.
+    fn create_segment(&mut self, beyond: usize) -> Result<(), StoreError> {
         let in_use = self.segments.len();
-        if in_use >= self.config.max_segments {
+        if in_use >= self.config.max_segments.saturating_add(beyond) {
             return Err(StoreError::StoreFull {
                 segments: in_use,
                 max_segments: self.config.max_segments,
@@ -785,11 +788,14 @@ impl Drop for MmapStore {
 }
 
 impl MmapStore {
-    /// Appends a record, leaving `keep_free` bytes at the end of the active
-    /// segment (the reserve for ordinary appends, 0 for reserved ones).
-    fn append_leaving(
+    /// Appends a record. An ordinary one leaves the reserve free at the end
+    /// of the active segment and needs the store within `max_segments`; a
+    /// `reserved` one may use the reserve and create one segment beyond
+    /// the limit (a store reopened at its limit has no active segment, and
+    /// its acks must still get in).
+    fn append_class(
         &mut self,
-        keep_free: usize,
+        reserved: bool,
         kind: u8,
         unix_ms: u64,
         payload: &[u8],
@@ -797,6 +803,14 @@ impl MmapStore {
         if self.sync.as_ref().is_some_and(|s| s.shared().failed()) {
             return Err(StoreError::SyncFailed);
         }
+        let max_segments = self.config.max_segments;
+        if !reserved && self.segments.len() > max_segments {
+            return Err(StoreError::StoreFull {
+                segments: self.segments.len(),
+                max_segments,
+            });
+        }
+        let keep_free = if reserved { 0 } else { self.reserve };
         if payload.len() > self.max_payload {
             return Err(StoreError::TooLarge {
                 len: payload.len(),
@@ -815,7 +829,7 @@ impl MmapStore {
                 .is_some_and(|e| e.saturating_add(keep_free) <= s.map.len())
         };
         if !self.has_active || !self.segments.last().is_some_and(fits) {
-            self.create_segment()?;
+            self.create_segment(usize::from(reserved))?;
         }
         let Some(seg) = self.segments.last_mut() else {
             return Err(StoreError::BadConfig("no active segment".into()));
@@ -856,7 +870,7 @@ impl MmapStore {
 
 impl Store for MmapStore {
     fn append(&mut self, kind: u8, unix_ms: u64, payload: &[u8]) -> Result<RecordId, StoreError> {
-        self.append_leaving(self.reserve, kind, unix_ms, payload)
+        self.append_class(false, kind, unix_ms, payload)
     }
 
     fn append_reserved(
@@ -865,7 +879,7 @@ impl Store for MmapStore {
         unix_ms: u64,
         payload: &[u8],
     ) -> Result<RecordId, StoreError> {
-        self.append_leaving(0, kind, unix_ms, payload)
+        self.append_class(true, kind, unix_ms, payload)
     }
 
     fn get(&self, id: RecordId) -> Result<RecordRef<'_>, StoreError> {

@@ -26,7 +26,10 @@
 //! So when no new segment can be created (the segment limit, or no disk
 //! space) sends are refused but acks are still stored, the messages they
 //! acknowledge are released, and compaction deletes the segments they
-//! filled: the store recovers without a restart or an operator.
+//! filled: the store recovers without a restart or an operator. Past the
+//! reserve (or with no active segment at all, after a reopen at the limit)
+//! a reserved append may create one segment beyond the segment limit;
+//! ordinary appends stay refused while the store is over it.
 //!
 //! # Release and compaction
 //!
