@@ -627,6 +627,14 @@ fn durable_mark_advances_under_always_and_batch_and_wakes_the_loop() {
         assert_eq!(s.durable_up_to(), None, "{policy:?}: nothing written yet");
         let ids = append_n(&mut s, 25); // crosses two segment boundaries
         wait_durable(&s, ids[24]);
+        // The sync thread publishes the mark, then calls on_durable: the
+        // call may come just after the mark is seen.
+        for _ in 0..10_000 {
+            if wakes.load(Ordering::SeqCst) >= 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(
             wakes.load(Ordering::SeqCst) >= 1,
             "{policy:?}: on_durable called"
