@@ -149,6 +149,7 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
     assert_ran(
         &stdout,
         &[
+            "ok 3.7 worked vectors rebuilt from their descriptions",
             "ok hello verified (signature over \"hermes hello v2\\0\" || body before the challenge, ffdhe2048, pinned relay key)",
             "ok length below 2: Malformed (100), closed",
             "ok length above max_frame: FrameTooLarge (104), closed",

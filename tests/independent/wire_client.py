@@ -4,6 +4,7 @@ and Part 5, client flows) with Python's hashlib/hmac/socket and pyca
 `cryptography` (AES, CMAC, Ed25519); it shares no code with Hermes.
 Against a live relay it:
 
+  * rebuilds the worked frames of 3.7 from their descriptions (offline);
   * connects and verifies the relay's hello (3.4), optionally against a
     pinned relay key;
   * checks the errors Part 3 promises (3.1, 3.4, 3.5), each with its code,
@@ -943,6 +944,32 @@ class User:
 
 
 # ---------------------------------------------------------------- checks
+def check_wire_vectors():
+    """3.7: rebuild each worked frame from its description and compare it
+    with the document's hex (offline)."""
+    doc = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
+                            'PROTOCOL.md')).read()
+    part = doc[doc.index('### 3.7 Worked vectors'):doc.index('## Part 4')]
+    hexes = [bytes.fromhex(line.strip()) for line in part.splitlines()
+             if line.startswith('    ') and line.strip()]
+    gid, mid = b'\x11' * 16, b'\x22' * 16
+    built = [
+        frame(KIND['ack'], u64(5)),
+        frame(KIND['login'], str8('al') + b'\xaa' * 64),
+        frame(KIND['group_send'], gid + u64(2) + mid + u32(2) + b'hi'),
+        frame(KIND['deliver'], u64(7) + str8('al') + gid + u8(1) + mid + u64(1000)
+              + u32(2) + b'hi'),
+        frame(KIND['error'], u16(302) + u8(KIND['group_send']) + mid + u8(11)
+              + b'stale epoch'),
+    ]
+    expect(len(hexes) == len(built), f'3.7 has {len(hexes)} vectors, expected {len(built)}')
+    for want, got in zip(hexes, built):
+        expect(want == got, f'3.7 vector: document {want.hex()} != built {got.hex()}')
+    expect(parse_deliver(built[3][6:])['seq'] == 7, 'the deliver vector parses')
+    expect(parse_error(built[4][6:]) == (302, 0x28, mid, 'stale epoch'), 'error parses')
+    ok(f'3.7 worked vectors rebuilt from their descriptions ({len(built)} frames)')
+
+
 def user_trace(user, e):
     if os.environ.get('WIRE_TRACE'):
         print(f'  {user.name} entry', {k: (v.hex() if isinstance(v, bytes) and len(v) <= 16
@@ -1710,6 +1737,7 @@ def main():
                 ap.error('give --server or --hermes')
             data = tempfile.mkdtemp(prefix='hermes-wire-relay-')
             proc, addr = start_relay(args.hermes, data)
+        check_wire_vectors()
         if args.queue_cap:
             gap_scenario(addr, args.queue_cap)
             print(f'all {len(CHECKS)} checks passed', flush=True)
