@@ -17,6 +17,8 @@
 //! lives on worker m % T, and sends if its position is below K. Every phase
 //! is bounded in time, every loop pass in work, so the swarm always stops.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -49,9 +51,13 @@ const MAX_UNSENT: usize = 1 << 20;
 const MAX_INBUF: usize = MAX_PAYLOAD + (64 << 10);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 256 << 10;
+/// An open-loop sender held back by `MAX_UNSENT` is looked at again after this.
+const SCHEDULE_RETRY_NS: u64 = 1_000_000;
 /// How often a worker hands its counters and samples to the coordinator.
 const ABSORB_EVERY: Duration = Duration::from_millis(20);
-/// How often a worker looks for connections due a ping.
+/// Every connection's tick (its acks) and ping check come round once per
+/// this period; each loop pass handles the share of connections that is
+/// due, so they do not all go out in one burst.
 const PING_SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How long the coordinator waits for workers to exit after `Done`.
 const JOIN_GRACE: Duration = Duration::from_secs(5);
@@ -515,6 +521,11 @@ struct Worker<P: Proto> {
     to_open: Vec<u32>,
     pending_connects: usize,
     senders: Vec<usize>,
+    /// Open loop without a window: the senders by the time (ns after the
+    /// start) their next message is due, so a pass touches only those due
+    /// rather than scanning every sender.
+    schedule: BinaryHeap<Reverse<(u64, usize)>>,
+    reschedule: Vec<(u64, usize)>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
     payload: Vec<u8>,
@@ -523,6 +534,8 @@ struct Worker<P: Proto> {
     hist: Histogram<u64>,
     last_absorb: Instant,
     last_ping_scan: Instant,
+    ping_cursor: usize,
+    touched: Vec<usize>,
     run_tag: u32,
 }
 
@@ -551,6 +564,8 @@ impl<P: Proto> Worker<P> {
             to_open,
             pending_connects: 0,
             senders: Vec::new(),
+            schedule: BinaryHeap::new(),
+            reschedule: Vec::new(),
             dirty: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             payload,
@@ -559,6 +574,8 @@ impl<P: Proto> Worker<P> {
             hist: new_histogram(),
             last_absorb: Instant::now(),
             last_ping_scan: Instant::now(),
+            ping_cursor: 0,
+            touched: Vec::new(),
             run_tag: std::process::id(),
             shared,
         })
@@ -602,15 +619,17 @@ impl<P: Proto> Worker<P> {
                     }
                     continue;
                 }
-                self.on_event(token.0, ev.is_writable(), ev.is_error());
+                self.on_event(
+                    token.0,
+                    ev.is_writable(),
+                    ev.is_error(),
+                    ev.is_read_closed(),
+                );
             }
             if phase == Phase::Running && !self.shared.cfg.idle {
                 self.send_due();
             }
-            if self.last_ping_scan.elapsed() >= PING_SCAN_EVERY {
-                self.last_ping_scan = Instant::now();
-                self.ping_due();
-            }
+            self.ping_due();
             self.flush_dirty();
             if self.last_absorb.elapsed() >= ABSORB_EVERY {
                 self.absorb();
@@ -789,7 +808,7 @@ impl<P: Proto> Worker<P> {
         }
     }
 
-    fn on_event(&mut self, key: usize, writable: bool, error: bool) {
+    fn on_event(&mut self, key: usize, writable: bool, error: bool, read_closed: bool) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -815,7 +834,7 @@ impl<P: Proto> Worker<P> {
             c.proto.start(&mut c.out);
             self.mark_dirty(key);
         }
-        self.read(key);
+        self.read(key, error || read_closed);
         if writable {
             self.flush(key);
         }
@@ -831,7 +850,11 @@ impl<P: Proto> Worker<P> {
     }
 
     /// Reads until the socket would block, handing the bytes to the protocol.
-    fn read(&mut self, key: usize) {
+    /// A short read ends it early unless `to_end` (the peer's FIN or an
+    /// error was reported): the socket is empty then, and edge-triggered
+    /// epoll reports the next bytes that arrive, so the read that would only
+    /// say `WouldBlock` is skipped.
+    fn read(&mut self, key: usize, to_end: bool) {
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -855,6 +878,9 @@ impl<P: Proto> Worker<P> {
             };
             if let Err(kind) = self.on_bytes(key, n) {
                 self.close(key, Some(kind));
+                return;
+            }
+            if n < self.scratch.len() && !to_end {
                 return;
             }
         }
@@ -961,7 +987,10 @@ impl<P: Proto> Worker<P> {
             let interval = duration_ns(shared.cfg.ping_interval);
             let frac = f64::from(c.member % 65_536) / 65_536.0;
             c.next_ping_ns = now_ns.saturating_add(f64_to_u64(interval as f64 * (0.5 + frac)));
-            if c.sender.is_some() {
+            if let Some(s) = &c.sender {
+                if shared.cfg.rate.is_some() && shared.window.is_none() {
+                    self.schedule.push(Reverse((s.offset_ns, key)));
+                }
                 self.senders.push(key);
             }
         }
@@ -974,6 +1003,10 @@ impl<P: Proto> Worker<P> {
     /// Open loop: each sender writes what its schedule says is due; closed
     /// loop: what its window allows.
     fn send_due(&mut self) {
+        if let (Some(rate), None) = (self.shared.cfg.rate, &self.shared.window) {
+            self.send_scheduled(rate);
+            return;
+        }
         let shared = &*self.shared;
         let now_ns = shared.now_ns();
         let start_ns = shared.start_ns.load(Ordering::Acquire);
@@ -1026,11 +1059,103 @@ impl<P: Proto> Worker<P> {
         self.dirty.extend(touched);
     }
 
+    /// Open loop without a window: pops the senders whose next message is
+    /// due (same schedule as the scan in [`Worker::send_due`]: message k of
+    /// a sender is due `offset + k / rate` after the start) and puts each
+    /// back at the time its next one is due.
+    fn send_scheduled(&mut self, rate: f64) {
+        let shared = &*self.shared;
+        let start_ns = shared.start_ns.load(Ordering::Acquire);
+        let elapsed = shared.now_ns().saturating_sub(start_ns);
+        let period = 1e9 / rate;
+        let mut again = std::mem::take(&mut self.reschedule);
+        while let Some(&Reverse((due, key))) = self.schedule.peek() {
+            if due > elapsed {
+                break;
+            }
+            self.schedule.pop();
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.state != ConnState::Ready {
+                continue;
+            }
+            let Some(s) = c.sender.as_mut() else { continue };
+            if c.out.len() - c.out_at > MAX_UNSENT {
+                again.push((elapsed + SCHEDULE_RETRY_NS, key));
+                continue;
+            }
+            let due_count = match elapsed.checked_sub(s.offset_ns) {
+                Some(t) => f64_to_u64(t as f64 * rate / 1e9) + 1,
+                None => 0,
+            };
+            let n = MAX_BURST.min(due_count.saturating_sub(s.seq));
+            let receivers = c.group_len.saturating_sub(1);
+            for _ in 0..n {
+                let stamp = Stamp {
+                    sender: c.member,
+                    seq: s.seq,
+                    sent_ns: shared.now_ns(),
+                };
+                stamp.write(&mut self.payload);
+                c.proto.publish(&self.payload, &mut c.out);
+                s.seq += 1;
+            }
+            let next = s.offset_ns + f64_to_u64((s.seq as f64 * period).ceil());
+            // Never due again within this pass (a capped burst, or float
+            // rounding that made nothing due yet).
+            again.push((next.max(elapsed + 1), key));
+            if n == 0 {
+                continue;
+            }
+            self.local.sent += n;
+            self.local.expected += n * u64::from(receivers);
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        for &(due, key) in &again {
+            self.schedule.push(Reverse((due, key)));
+        }
+        again.clear();
+        self.reschedule = again;
+    }
+
+    /// Visits every connection once per [`PING_SCAN_EVERY`], a share of
+    /// them each pass (round robin, in proportion to the time since the
+    /// last pass), so the ticks' acks and the pings reach the server
+    /// spread evenly, not as one burst from every connection at once.
     fn ping_due(&mut self) {
+        let len = self.conns.len();
+        if len == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.last_ping_scan);
+        let period = PING_SCAN_EVERY.as_nanos().max(1);
+        let share = since.as_nanos().saturating_mul(len as u128) / period;
+        if share == 0 {
+            return;
+        }
+        let visit = usize::try_from(share).unwrap_or(len).min(len);
+        // Advance by exactly the time the visited share stands for, so the
+        // remainder carries over; never fall more than one period behind.
+        self.last_ping_scan = if visit == len {
+            now
+        } else {
+            let spent = u64::try_from(share * period / len as u128).unwrap_or(u64::MAX);
+            self.last_ping_scan + Duration::from_nanos(spent)
+        };
         let now_ns = self.shared.now_ns();
         let interval = duration_ns(self.shared.cfg.ping_interval);
-        let mut touched = Vec::new();
-        for (key, c) in self.conns.iter_mut() {
+        let mut touched = std::mem::take(&mut self.touched);
+        for _ in 0..visit {
+            let key = self.ping_cursor % len;
+            self.ping_cursor = (key + 1) % len;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
             if c.state != ConnState::Ready {
                 continue;
             }
@@ -1049,7 +1174,8 @@ impl<P: Proto> Worker<P> {
                 }
             }
         }
-        self.dirty.extend(touched);
+        self.dirty.append(&mut touched);
+        self.touched = touched;
     }
 
     fn flush_dirty(&mut self) {
