@@ -709,9 +709,7 @@ impl<P: Proto> Worker<P> {
                         Ordering::Acquire,
                     );
                 }
-                Err(ConnectError::Io(e))
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
-                {
+                Err(ConnectError::Io(e)) if sys::is_file_limit(&e) => {
                     return Err(ErrorKind::FileLimit);
                 }
                 Err(ConnectError::Io(_)) => return Err(ErrorKind::Connect),

@@ -2,53 +2,38 @@
 //! soft limit, binding a socket to a chosen loopback source address before
 //! connecting, and reading a process's RSS and CPU time from `/proc`.
 //!
-//! This module holds the swarm's only `unsafe` code: three plain libc calls,
-//! each with its `// SAFETY:` note.
+//! The system calls go through `rustix` and `socket2`, which wrap them
+//! safely: the swarm has no `unsafe` code.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Raises this process's open-file soft limit to its hard limit.
 ///
-/// Returns `(soft, hard)` after the change.
+/// Returns `(soft, hard)` after the change (`u64::MAX` is unlimited).
 ///
 /// # Errors
-/// The `getrlimit`/`setrlimit` error.
-#[allow(unsafe_code, reason = "getrlimit/setrlimit have no std wrapper")]
+/// The `setrlimit` error.
 pub(crate) fn raise_nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` into the struct we own and pass
-    // by a valid, exclusive pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let mut soft = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if soft < hard {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        )?;
+        soft = hard;
     }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the struct behind the valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim = raised;
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
-}
-
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
+    Ok((soft, hard))
 }
 
 /// How a bind-before-connect attempt failed.
@@ -61,55 +46,35 @@ pub(crate) enum ConnectError {
     Io(io::Error),
 }
 
+/// Whether `e` says this process is out of file descriptors (`EMFILE`) or the
+/// system is (`ENFILE`).
+pub(crate) fn is_file_limit(e: &io::Error) -> bool {
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
+}
+
 /// Opens a non-blocking TCP socket bound to `src` (any port) and starts
 /// connecting it to `dst`; the connection completes later (write readiness).
 ///
 /// # Errors
 /// [`ConnectError::SourceExhausted`] when `src` has no ephemeral port left.
-#[allow(unsafe_code, reason = "bind before connect has no std wrapper")]
 pub(crate) fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream, ConnectError> {
-    let classify = |e: io::Error| match e.raw_os_error() {
-        Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL) => ConnectError::SourceExhausted,
+    let classify = |e: io::Error| match Errno::from_io_error(&e) {
+        Some(Errno::ADDRINUSE | Errno::ADDRNOTAVAIL) => ConnectError::SourceExhausted,
         _ => ConnectError::Io(e),
     };
-    // SAFETY: socket(2) takes no pointers; a negative result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(ConnectError::Io(io::Error::last_os_error()));
+    // socket2 opens it close-on-exec; the Socket closes it on every early
+    // return below.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(ConnectError::Io)?;
+    socket.set_nonblocking(true).map_err(ConnectError::Io)?;
+    socket
+        .bind(&SockAddr::from(SocketAddrV4::new(src, 0)))
+        .map_err(classify)?;
+    match socket.connect(&SockAddr::from(dst)) {
+        Ok(()) => {}
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {}
+        Err(e) => return Err(classify(e)),
     }
-    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns; the
-    // OwnedFd closes it on every early return below.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
-        .map_err(|_| ConnectError::Io(io::Error::other("sockaddr_in size")))?;
-    let local = sockaddr_in(SocketAddrV4::new(src, 0));
-    // SAFETY: `local` is a valid sockaddr_in and `len` is its size.
-    let rc = unsafe { libc::bind(fd, std::ptr::from_ref(&local).cast::<libc::sockaddr>(), len) };
-    if rc != 0 {
-        return Err(classify(io::Error::last_os_error()));
-    }
-    let remote = sockaddr_in(dst);
-    // SAFETY: `remote` is a valid sockaddr_in and `len` is its size.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            std::ptr::from_ref(&remote).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(classify(e));
-        }
-    }
-    Ok(TcpStream::from(owned))
+    Ok(TcpStream::from(socket))
 }
 
 /// A process's resident set size and CPU time, read from `/proc`.
@@ -159,11 +124,12 @@ pub(crate) fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime.saturating_add(stime))
 }
 
-#[allow(unsafe_code, reason = "sysconf has no std wrapper")]
 fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf takes no pointers.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+    // 0 would mean the kernel did not pass AT_CLKTCK; Linux's USER_HZ is 100.
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100,
+        t => t,
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +161,22 @@ mod tests {
     fn raising_the_limit_reaches_the_hard_limit() {
         let (soft, hard) = raise_nofile_limit().unwrap();
         assert_eq!(soft, hard);
+    }
+
+    #[test]
+    fn an_unusable_source_address_is_source_exhausted() {
+        // 192.0.2.1 (TEST-NET-1) is on no interface here, so bind(2) fails
+        // with EADDRNOTAVAIL before anything is sent; the destination is a
+        // loopback listener in case it were assigned.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(dst) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let r = connect_from(Ipv4Addr::new(192, 0, 2, 1), dst);
+        assert!(matches!(r, Err(ConnectError::SourceExhausted)), "{r:?}");
+        let e = io::Error::from(Errno::MFILE);
+        assert!(is_file_limit(&e));
+        assert!(!is_file_limit(&io::Error::from(Errno::CONNREFUSED)));
     }
 
     #[test]

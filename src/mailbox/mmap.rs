@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, fallocate};
+use rustix::io::Errno;
 
 use super::record::{
     self, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES, SEGMENT_HEADER_BYTES, Scan,
@@ -178,8 +180,8 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError
 
 /// Maps an error from preallocating `path` to a typed store error.
 fn prealloc_error(path: &Path, e: io::Error) -> StoreError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => StoreError::DiskFull {
+    match Errno::from_io_error(&e) {
+        Some(Errno::NOSPC | Errno::DQUOT | Errno::FBIG) => StoreError::DiskFull {
             path: path.to_path_buf(),
         },
         _ => StoreError::Io {
@@ -192,18 +194,10 @@ fn prealloc_error(path: &Path, e: io::Error) -> StoreError {
 
 /// Preallocates (optionally) and maps `len` bytes of `file` read-write.
 /// The crate's one `unsafe` function.
-#[allow(unsafe_code, reason = "the memory map; see the SAFETY comments")]
+#[allow(unsafe_code, reason = "the memory map; see the SAFETY comment")]
 fn map_file(file: &File, len: usize, preallocate: bool) -> Result<MmapMut, io::Error> {
-    use std::os::fd::AsRawFd;
     if preallocate {
-        let len =
-            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: posix_fallocate takes plain integers; the descriptor is
-        // valid for the duration of the call because `file` is borrowed.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
+        preallocate_file(file, len)?;
     }
     // SAFETY: a shared file mapping is only undefined behaviour if the file
     // is truncated (SIGBUS) or changed by someone else while mapped. The
@@ -215,6 +209,42 @@ fn map_file(file: &File, len: usize, preallocate: bool) -> Result<MmapMut, io::E
     // input (checked parsing, never cast to typed references), so even a
     // foreign writer could cause wrong data, not memory unsafety in our code.
     unsafe { MmapOptions::new().len(len).map_mut(file) }
+}
+
+/// Allocates blocks for the first `len` bytes of `file` (`posix_fallocate`),
+/// so a full disk shows up here as `ENOSPC` rather than later as a SIGBUS on
+/// a write through the map.
+///
+/// Linux's `fallocate(2)` with no flags is `posix_fallocate` except that it
+/// refuses (`EOPNOTSUPP`) on file systems without it, where glibc's
+/// `posix_fallocate` falls back to writing into every block; so does this.
+fn preallocate_file(file: &File, len: usize) -> io::Result<()> {
+    let len = u64::try_from(len).map_err(|_| io::Error::from(Errno::FBIG))?;
+    match fallocate(file, FallocateFlags::empty(), 0, len) {
+        Err(Errno::OPNOTSUPP) => write_zero_blocks(file, len),
+        r => r.map_err(io::Error::from),
+    }
+}
+
+/// The fallback of [`preallocate_file`]: extends `file` to `len` and writes
+/// a zero byte into each 4 KiB block of `0..len` that reads back as a hole
+/// or as zero (a non-zero byte is data and is left alone), as glibc does.
+fn write_zero_blocks(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 4096;
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    let mut offset = 0;
+    while offset < len {
+        let mut byte = [0u8; 1];
+        let n = file.read_at(&mut byte, offset)?;
+        if n == 0 || byte == [0] {
+            file.write_all_at(&[0], offset)?;
+        }
+        offset += BLOCK;
+    }
+    Ok(())
 }
 
 /// A freshly created, preallocated, mapped segment file (header not yet
@@ -1065,12 +1095,12 @@ mod tests {
     #[test]
     fn preallocation_failures_map_to_disk_full() {
         let p = Path::new("x.seg");
-        for errno in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
-            let e = prealloc_error(p, io::Error::from_raw_os_error(errno));
+        for errno in [Errno::NOSPC, Errno::DQUOT, Errno::FBIG] {
+            let e = prealloc_error(p, io::Error::from(errno));
             assert!(matches!(e, StoreError::DiskFull { .. }), "{errno}");
             assert!(e.is_full());
         }
-        let e = prealloc_error(p, io::Error::from_raw_os_error(libc::EIO));
+        let e = prealloc_error(p, io::Error::from(Errno::IO));
         assert!(matches!(
             e,
             StoreError::Io {
@@ -1079,6 +1109,40 @@ mod tests {
             }
         ));
         assert!(!e.is_full());
+    }
+
+    #[test]
+    fn preallocation_allocates_blocks_and_the_fallback_keeps_data() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("a"))
+            .unwrap();
+        preallocate_file(&f, 64 * 1024).unwrap();
+        let m = f.metadata().unwrap();
+        assert_eq!(m.len(), 64 * 1024);
+        // st_blocks counts 512-byte units actually allocated (not a hole).
+        assert!(m.blocks() * 512 >= 64 * 1024, "{} blocks", m.blocks());
+
+        // The EOPNOTSUPP fallback, called directly: a sparse file gets every
+        // block written, bytes already there are kept, and it grows to len.
+        let g = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("b"))
+            .unwrap();
+        g.write_all_at(b"keep", 8192).unwrap();
+        write_zero_blocks(&g, 40 * 1024 + 1).unwrap();
+        let m = g.metadata().unwrap();
+        assert_eq!(m.len(), 40 * 1024 + 1);
+        assert!(m.blocks() * 512 >= 40 * 1024, "{} blocks", m.blocks());
+        let mut buf = [0u8; 4];
+        g.read_exact_at(&mut buf, 8192).unwrap();
+        assert_eq!(&buf, b"keep");
     }
 
     /// The flaky `corrupt_segment_header_is_skipped_and_left_alone`: a

@@ -416,10 +416,10 @@ fn start<S: Store>(
     open_store: impl FnOnce(Arc<Waker>) -> Result<S, StoreError>,
     started: Option<&StartTx>,
 ) -> Result<(), ServerError> {
-    let limit = os::raise_nofile_limit().ok();
+    let limit = os::raise_nofile_limit();
     let max_connections = config.max_connections.unwrap_or_else(|| {
-        limit
-            .map_or(1024, |l| usize::try_from(l.soft).unwrap_or(usize::MAX))
+        usize::try_from(limit.soft)
+            .unwrap_or(usize::MAX)
             .saturating_sub(RELAY_FD_RESERVE)
             .max(1)
     });
@@ -427,8 +427,8 @@ fn start<S: Store>(
     let poll = Poll::new().map_err(ServerError::Poll)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServerError::Poll)?);
     let bind_err = |addr| move |source| ServerError::Bind { addr, source };
-    let mut listener = TcpListener::bind(config.listen).map_err(bind_err(config.listen))?;
-    os::set_listen_backlog(&listener, RELAY_LISTEN_BACKLOG).map_err(bind_err(config.listen))?;
+    let mut listener =
+        os::bind_listener(config.listen, RELAY_LISTEN_BACKLOG).map_err(bind_err(config.listen))?;
     let addr = listener.local_addr().map_err(bind_err(config.listen))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -475,8 +475,8 @@ fn start<S: Store>(
             dh_group = ?config.core.dh_group,
             identity = %hex(&relay_key),
             max_connections,
-            nofile_soft = limit.map(|l| l.soft),
-            nofile_hard = limit.map(|l| l.hard),
+            nofile_soft = limit.soft,
+            nofile_hard = limit.hard,
             metrics = ?metrics_addr,
             "hermes relay listening"
         );

@@ -1,13 +1,16 @@
-//! The two operating-system calls the relay needs and neither `std` nor
-//! `mio` offers: raising the open-file limit and a listen backlog above
-//! mio's 128. Both are plain `libc` calls on values we own; they are the
-//! crate's only `unsafe` besides the mailbox's memory map.
+//! The two operating-system facilities the relay needs and neither `std`
+//! nor `mio` offers: raising the open-file limit (`rustix`) and a listening
+//! socket with a backlog above mio's 128 (`socket2`). Both crates wrap the
+//! system calls safely, so this module has no `unsafe`.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use socket2::{Domain, Socket, Type};
 
 /// The open-file limit after [`raise_nofile_limit`]: the soft limit now in
-/// force and the hard limit.
+/// force and the hard limit (`u64::MAX` stands for `RLIM_INFINITY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NofileLimit {
     /// The soft limit (what `open`/`accept` are held to).
@@ -17,57 +20,43 @@ pub struct NofileLimit {
 }
 
 /// Raises this process's open-file soft limit to its hard limit and returns
-/// both. `RLIM_INFINITY` hard limits are capped at `fs.nr_open`'s usual
-/// default (1,048,576) because Linux refuses a soft limit above it.
-///
-/// # Errors
-/// The `getrlimit` error. A failing `setrlimit` is not an error: the
-/// unchanged limit is returned.
-#[allow(unsafe_code)] // reason: getrlimit/setrlimit have no safe wrapper in std or mio
-pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+/// both. An unlimited hard limit is capped at `fs.nr_open`'s usual default
+/// (1,048,576) because Linux refuses a soft limit above it. A failing
+/// `setrlimit` leaves the limit as it was, and that is what is returned
+/// (`getrlimit` itself cannot fail for `RLIMIT_NOFILE`).
+pub fn raise_nofile_limit() -> NofileLimit {
     const NR_OPEN_DEFAULT: u64 = 1 << 20;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable `rlimit` for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let target = if lim.rlim_max == libc::RLIM_INFINITY {
-        NR_OPEN_DEFAULT
-    } else {
-        lim.rlim_max
-    };
-    if lim.rlim_cur < target {
-        let raised = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: lim.rlim_max,
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let mut soft = lim.current.unwrap_or(u64::MAX);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let target = lim.maximum.unwrap_or(NR_OPEN_DEFAULT);
+    if soft < target {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: lim.maximum,
         };
-        // SAFETY: `raised` is a valid `rlimit`; the call only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = target;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            soft = target;
         }
     }
-    Ok(NofileLimit {
-        soft: lim.rlim_cur,
-        hard: lim.rlim_max,
-    })
+    NofileLimit { soft, hard }
 }
 
-/// Calls `listen(2)` again on an already listening socket: Linux then only
-/// changes the accept backlog (mio binds with 128).
+/// Opens a non-blocking, close-on-exec TCP listener on `addr` with the given
+/// accept `backlog`, the way `mio::net::TcpListener::bind` does (including
+/// `SO_REUSEADDR`, so a restarted relay rebinds a port with connections in
+/// `TIME_WAIT`) except for the backlog, which mio fixes at 128.
 ///
 /// # Errors
-/// The `listen` error.
-#[allow(unsafe_code)] // reason: listen(2) with a chosen backlog has no safe wrapper in std or mio
-pub fn set_listen_backlog(listener: &impl AsRawFd, backlog: i32) -> io::Result<()> {
-    // SAFETY: the descriptor is borrowed from a live listener for the call;
-    // `listen` takes no pointers.
-    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// The `socket`, `setsockopt`, `bind`, `listen` or `fcntl` error.
+pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
 #[cfg(test)]
@@ -76,18 +65,41 @@ mod tests {
 
     #[test]
     fn raising_leaves_soft_at_most_hard_and_is_idempotent() {
-        let a = raise_nofile_limit().unwrap();
-        assert!(a.soft <= a.hard || a.hard == libc::RLIM_INFINITY);
-        let b = raise_nofile_limit().unwrap();
+        let a = raise_nofile_limit();
+        assert!(a.soft <= a.hard);
+        let now = getrlimit(Resource::Nofile);
+        assert_eq!(now.current.unwrap_or(u64::MAX), a.soft);
+        let b = raise_nofile_limit();
         assert_eq!(a, b);
     }
 
     #[test]
-    fn backlog_can_be_raised_on_a_mio_listener() {
-        let l = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        set_listen_backlog(&l, crate::limits::RELAY_LISTEN_BACKLOG).unwrap();
-        // Still a working listener.
+    fn listener_is_nonblocking_reuseaddr_and_accepts() {
+        let l = bind_listener("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let sock = socket2::SockRef::from(&l);
+        assert!(sock.reuse_address().unwrap());
+        // Non-blocking: accept with nothing pending returns at once.
+        assert_eq!(l.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock);
         let addr = l.local_addr().unwrap();
         let _c = std::net::TcpStream::connect(addr).unwrap();
+        // The handshake is done once connect returned; allow the server side
+        // a bounded number of tries to queue it.
+        let accepted = (0..1000).find_map(|_| match l.accept() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                None
+            }
+        });
+        assert!(accepted.is_some());
+    }
+
+    #[test]
+    fn ipv6_listener_binds_when_available() {
+        // Domain::for_address picks the family from the address.
+        if let Ok(l) = bind_listener("[::1]:0".parse().unwrap(), 16) {
+            assert!(l.local_addr().unwrap().is_ipv6());
+        }
     }
 }
