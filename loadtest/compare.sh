@@ -184,7 +184,7 @@ for shape in $SHAPES; do
     if [ "$shape" = 3 ]; then
         printf "%-7s %10s %10s %9s %12s %12s %10s %8s\n" target connected connects/s errors rss_before rss_after KiB/conn cpu%
     else
-        printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s\n" target deliveries/s p50_us p99_us p999_us max_us missing dups errors cpu%
+        printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s\n" target deliveries/s p50_us p99_us p999_us max_us missing dups errors cpu% swarm%
     fi
     for t in $TARGETS; do
         f="$OUT/shape$shape-$t/report.json"
@@ -195,10 +195,11 @@ for shape in $SHAPES; do
                 "$(j "$f" '.relay_rss_kib_per_connection | if . == null then null else (. * 100 | round / 100) end')" \
                 "$(j "$f" '.relay_cpu_pct | if . == null then null else round end')"
         else
-            printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s\n" "$t" "$(j "$f" .deliveries_per_sec)" \
+            printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s\n" "$t" "$(j "$f" .deliveries_per_sec)" \
                 "$(j "$f" .latency_us.p50)" "$(j "$f" .latency_us.p99)" "$(j "$f" .latency_us.p999)" \
                 "$(j "$f" .latency_us.max)" "$(j "$f" .missing)" "$(j "$f" .duplicates)" "$(j "$f" .errors)" \
-                "$(j "$f" '.relay_cpu_pct | if . == null then null else round end')"
+                "$(j "$f" '.relay_cpu_pct | if . == null then null else round end')" \
+                "$(j "$f" '.swarm_cpu_pct | if . == null then null else round end')"
         fi
     done
     h="$OUT/shape$shape-hermes/report.json"

@@ -13,7 +13,8 @@
 //! Then each swarm connection ([`Hermes`]) logs in on the relay's hello,
 //! is ready at `authenticated`, sends `group send` frames whose ciphertext is
 //! the stamped payload, and acks what it receives (cumulatively, every
-//! [`ACK_EVERY`] entries and on every tick) so the relay can release it.
+//! [`ACK_EVERY`] entries, and on a tick, every 100 ms, unless a batch ack
+//! went out since the previous tick) so the relay can release it.
 //! Entries of other groups (an earlier run's backlog on a kept account) and
 //! membership commits are acked and not counted.
 //!
@@ -46,7 +47,8 @@ use rayon::prelude::*;
 
 use crate::proto::{Event, Member, Proto, ProtoError};
 
-/// Cumulative ack after this many unacked entries (also on every tick).
+/// Cumulative ack after this many unacked entries (also on a tick, unless a
+/// batch ack went out since the previous tick).
 pub(crate) const ACK_EVERY: u64 = 64;
 
 /// Magic at the start of the identity cache file.
@@ -598,6 +600,8 @@ pub(crate) struct Hermes {
     seen: u64,
     acked: u64,
     unacked: u64,
+    /// A batch ack ([`ACK_EVERY`]) went out since the last tick.
+    batch_acked: bool,
     ping_nonce: u64,
     /// `--crypto real`: this member's keys.
     real: Option<RealKeys>,
@@ -660,6 +664,7 @@ impl Proto for Hermes {
             seen: 0,
             acked: 0,
             unacked: 0,
+            batch_acked: false,
             ping_nonce: 0,
             real: ctx.real.as_ref().and_then(|v| {
                 let slot = v.get(i)?;
@@ -738,6 +743,7 @@ impl Proto for Hermes {
         }
         if self.unacked >= ACK_EVERY {
             self.ack(out);
+            self.batch_acked = true;
         }
         Ok(at)
     }
@@ -781,6 +787,13 @@ impl Proto for Hermes {
     }
 
     fn tick(&mut self, out: &mut Vec<u8>) {
+        // A connection that acked a full batch since the last tick is
+        // flowing: its tail goes out with the next batch or, once the flow
+        // stops, at the next tick (so a tick ack is at most two periods late
+        // and a busy receiver sends no extra acks).
+        if std::mem::take(&mut self.batch_acked) {
+            return;
+        }
         self.ack(out);
     }
 }
@@ -926,6 +939,21 @@ mod tests {
             Frame::decode(&frames(&out)[0]).unwrap(),
             Frame::Ack {
                 up_to: 10 + ACK_EVERY
+            }
+        );
+        // One more entry: the next tick skips it (a batch went out since the
+        // last tick), the tick after acks it.
+        let more = deliver(11 + ACK_EVERY, [9; 16], EntryKind::GroupMessage, b"m");
+        out.clear();
+        c.on_read(&more, &mut out, &mut ev).unwrap();
+        assert!(out.is_empty());
+        c.tick(&mut out);
+        assert!(out.is_empty(), "a batch was acked since the last tick");
+        c.tick(&mut out);
+        assert_eq!(
+            Frame::decode(&frames(&out)[0]).unwrap(),
+            Frame::Ack {
+                up_to: 11 + ACK_EVERY
             }
         );
     }
