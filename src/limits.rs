@@ -239,8 +239,20 @@ pub const RELAY_FD_RESERVE: usize = 64;
 pub const RELAY_EVENTS_PER_POLL: usize = 1024;
 
 /// Connections accepted per loop pass before the loop serves the ones it
-/// has (the rest are accepted on the next pass): bounds the work per pass.
-pub const RELAY_ACCEPTS_PER_PASS: usize = 256;
+/// has (the rest are accepted on the next pass): bounds the work per pass,
+/// so a connection flood delays logged-in clients by at most this many
+/// accepts (each with its hello) per pass. Was 256; lowered by issue 8's
+/// abuse measurement, where bursts of hundreds of garbage connections made
+/// single passes last milliseconds.
+pub const RELAY_ACCEPTS_PER_PASS: usize = 16;
+
+/// Connections not logged in (handshakes, garbage, closing ones) read per
+/// loop pass; logged-in connections are all read first, the rest of these
+/// wait for the next pass. With [`RELAY_ACCEPTS_PER_PASS`] this bounds what
+/// a flood of unauthenticated connections adds to a pass (about 1 ms here)
+/// however many there are; a flood beyond what that serves fills the
+/// listen backlog and slows its own connects.
+pub const RELAY_UNAUTHENTICATED_READS_PER_PASS: usize = 16;
 
 /// Size of the loop's one shared read buffer. A read lands there first; only
 /// the tail of a frame split across reads is copied into the connection's

@@ -454,6 +454,40 @@ fn a_logged_in_slowloris_is_closed_at_the_frame_timeout() {
     relay.join().unwrap();
 }
 
+/// Connections not logged in are read at most
+/// `RELAY_UNAUTHENTICATED_READS_PER_PASS` a pass, after the logged-in ones:
+/// a burst of many more than that, all readable at once, is still served
+/// to the last one (none is lost in the queue), and a logged-in client is
+/// answered throughout.
+#[test]
+fn a_burst_of_handshakes_is_served_in_turns() {
+    const N: usize = 20 * hermes::limits::RELAY_UNAUTHENTICATED_READS_PER_PASS;
+    let relay = spawn_relay(ServerConfig::ephemeral()).unwrap();
+    let addr = relay.addr();
+    let mut me = RawClient::register(addr, &User::new("member", 1));
+    let mut burst: Vec<RawClient> = (0..N).map(|_| RawClient::connect(addr)).collect();
+    // Every one sends a login for an unknown name at once.
+    for c in &mut burst {
+        let signature = [0u8; 64];
+        c.send(&Frame::Login {
+            name: "nobody",
+            signature,
+        });
+    }
+    me.send(&Frame::Ping { nonce: 3 });
+    assert_eq!(me.recv(), Some(Got::Pong { nonce: 3 }));
+    for c in &mut burst {
+        assert_eq!(
+            c.recv().as_ref().and_then(Got::error_code),
+            Some(ErrorCode::UnknownUser)
+        );
+        assert_eq!(c.recv(), None);
+    }
+    me.send(&Frame::Ping { nonce: 4 });
+    assert_eq!(me.recv(), Some(Got::Pong { nonce: 4 }));
+    relay.join().unwrap();
+}
+
 fn metric(body: &str, name: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())

@@ -7,8 +7,10 @@
 //!                           ├─ signals ───► stop accepting, flush, exit
 //!                           ├─ metrics ───► tiny HTTP/1.0 responder
 //!                           └─ conn token ─► (generation checked) read / write lists
-//!  reads:   read into the shared buffer until WouldBlock (≤ RELAY_READ_BUDGET_PER_PASS,
+//!  reads:   logged-in connections first, then ≤ RELAY_UNAUTHENTICATED_READS_PER_PASS others;
+//!           read into the shared buffer until WouldBlock (≤ RELAY_READ_BUDGET_PER_PASS,
 //!           frames-per-second bucket) ─► core.handle_bytes(); keep a split frame's tail
+//!           (whole within RELAY_FRAME_TIMEOUT)
 //!  timers:  core.handle_timeout(), handshake deadlines, close lingers
 //!  closes:  core.poll_close() ─► flush, shutdown(Write), drain reads, drop
 //!  writes:  core.poll_ready_conns() + writable events ─► per connection:
@@ -55,7 +57,7 @@ use crate::limits::{
     RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT, RELAY_METRICS_MAX_CLIENTS,
     RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT, RELAY_OUTPUT_BOUND,
     RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE, RELAY_SUMMARY_INTERVAL,
-    RELAY_THROTTLE_RECHECK,
+    RELAY_THROTTLE_RECHECK, RELAY_UNAUTHENTICATED_READS_PER_PASS,
 };
 use crate::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store, StoreError};
 use crate::wire::{ErrorCode, ErrorFrame, Frame, LENGTH_PREFIX_LEN, split_frame};
@@ -530,6 +532,7 @@ fn start<S: Store>(
         stop,
         signals,
         to_read: Vec::new(),
+        unauthenticated: VecDeque::new(),
         throttled: Vec::new(),
         throttle_at: None,
         to_flush: Vec::new(),
@@ -634,6 +637,9 @@ struct Server<S: Store> {
     signals: Option<Signals>,
     /// Read again next pass (budget used up while data may remain).
     to_read: Vec<ConnKey>,
+    /// Readable connections not logged in, waiting for their turn
+    /// ([`RELAY_UNAUTHENTICATED_READS_PER_PASS`]).
+    unauthenticated: VecDeque<ConnKey>,
     /// Out of frame tokens: read again at `throttle_at`.
     throttled: Vec<ConnKey>,
     throttle_at: Option<Instant>,
@@ -742,12 +748,27 @@ impl<S: Store> Server<S> {
                     }
                 }
             }
+            // Logged-in connections first; the others (handshakes,
+            // garbage, closing) at most RELAY_UNAUTHENTICATED_READS_PER_PASS
+            // a pass, oldest first.
             for k in readable.drain(..) {
+                match self.conns.get(k.slot).filter(|c| c.key == k) {
+                    Some(c) if !c.authenticated => self.unauthenticated.push_back(k),
+                    _ => self.read(k, now, unix_ms),
+                }
+            }
+            for _ in 0..RELAY_UNAUTHENTICATED_READS_PER_PASS {
+                let Some(k) = self.unauthenticated.pop_front() else {
+                    break;
+                };
                 self.read(k, now, unix_ms);
             }
             self.timers(now, unix_ms);
             self.pass_output();
             self.reap();
+            let took = Instant::now().saturating_duration_since(now);
+            self.metrics
+                .pass(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
             if now >= self.next_summary {
                 self.next_summary = now + RELAY_SUMMARY_INTERVAL;
                 if self.log_summary {
@@ -760,6 +781,7 @@ impl<S: Store> Server<S> {
 
     fn next_timeout(&self, now: Instant) -> Option<Duration> {
         let busy = !self.to_read.is_empty()
+            || !self.unauthenticated.is_empty()
             || !self.flush_again.is_empty()
             || (self.accept_more && self.listener_registered && self.accept_retry_at.is_none());
         if busy {
@@ -1677,6 +1699,7 @@ mod tests {
         const { assert!(RELAY_LISTEN_BACKLOG >= 1024) };
         const { assert!(RELAY_ACCEPTS_PER_PASS > 0 && RELAY_EVENTS_PER_POLL >= RELAY_ACCEPTS_PER_PASS) };
         const { assert!(RELAY_DEFAULT_FRAMES_PER_SEC > 0) };
+        const { assert!(RELAY_UNAUTHENTICATED_READS_PER_PASS > 0) };
         assert!(RELAY_THROTTLE_RECHECK < Duration::from_secs(1));
         assert!(RELAY_HANDSHAKE_TIMEOUT < crate::limits::RELAY_IDLE_TIMEOUT);
         assert!(RELAY_CLOSE_LINGER <= RELAY_SHUTDOWN_GRACE);

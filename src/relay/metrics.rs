@@ -24,6 +24,9 @@ pub struct CoreCounters {
     pub errors_sent: u64,
 }
 
+/// The pass durations counted by [`Metrics::slow_passes`], in µs.
+pub const PASS_THRESHOLDS_US: [u64; 4] = [250, 1_000, 4_000, 16_000];
+
 /// Counters kept by the event loop. Plain integers: one thread owns them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -55,6 +58,11 @@ pub struct Metrics {
     pub throttled: u64,
     /// Times a connection's output bound held deliveries in its mailbox.
     pub output_bound_hits: u64,
+    /// Loop passes (poll return to the next poll) that took at least
+    /// [`PASS_THRESHOLDS_US`] microseconds, per threshold: what a
+    /// logged-in client's frame can wait behind (issue 8's measure of how
+    /// much an attack adds to a pass).
+    pub slow_passes: [u64; PASS_THRESHOLDS_US.len()],
     /// Highest unsent output the loop held over all connections (bytes;
     /// capped by `RELAY_MAX_QUEUED_OUTPUT`).
     pub output_queued_peak: usize,
@@ -80,12 +88,22 @@ impl Default for Metrics {
             throttled: 0,
             output_bound_hits: 0,
             output_queued_peak: 0,
+            slow_passes: [0; PASS_THRESHOLDS_US.len()],
             errors: BTreeMap::new(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one loop pass that took `us` microseconds.
+    pub fn pass(&mut self, us: u64) {
+        for (n, t) in self.slow_passes.iter_mut().zip(PASS_THRESHOLDS_US) {
+            if us >= t {
+                *n += 1;
+            }
+        }
+    }
+
     /// Counts one error or close reason.
     pub fn error(&mut self, reason: &str) {
         if let Some(n) = self.errors.get_mut(reason) {
@@ -236,6 +254,19 @@ impl Metrics {
             "counter",
             self.output_bound_hits,
         );
+        let _ = writeln!(
+            out,
+            "# HELP hermes_loop_slow_passes_total Loop passes that took at least `over_us` microseconds."
+        );
+        let _ = writeln!(out, "# TYPE hermes_loop_slow_passes_total counter");
+        for (n, t) in self.slow_passes.iter().zip(PASS_THRESHOLDS_US) {
+            let _ = writeln!(out, "hermes_loop_slow_passes_total{{over_us=\"{t}\"}} {n}");
+        }
+        let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(out, "# HELP hermes_{name} {help}");
+            let _ = writeln!(out, "# TYPE hermes_{name} {kind}");
+            let _ = writeln!(out, "hermes_{name} {v}");
+        };
         counter(
             "output_queued_peak_bytes",
             "Most unsent output held over all connections (capped relay-wide).",
