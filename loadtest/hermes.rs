@@ -13,8 +13,9 @@
 //! Then each swarm connection ([`Hermes`]) logs in on the relay's hello,
 //! is ready at `authenticated`, sends `group send` frames whose ciphertext is
 //! the stamped payload, and acks what it receives (cumulatively, every
-//! [`ACK_EVERY`] entries, and on a tick, every 100 ms, unless a batch ack
-//! went out since the previous tick) so the relay can release it.
+//! [`ACK_EVERY`] entries, and on a tick, every 100 ms or `--ack-interval`,
+//! unless a batch ack went out since the previous tick) so the relay can
+//! release it.
 //! Entries of other groups (an earlier run's backlog on a kept account) and
 //! membership commits are acked and not counted.
 //!
@@ -248,6 +249,9 @@ pub(crate) struct HermesCtx {
     /// receiver store holding the other senders' chains, taken by the
     /// member's connection when it is created.
     real: Option<Vec<Mutex<RealKeys>>>,
+    /// A tick ack goes out at most every this many ticks (`--ack-interval`;
+    /// 1: every tick).
+    ack_ticks: u32,
 }
 
 /// One member's group keys for `--crypto real`.
@@ -272,6 +276,8 @@ pub(crate) struct SetupConfig {
     pub(crate) senders_per_group: usize,
     /// `--crypto real`: build sender keys and distribute them.
     pub(crate) real_crypto: bool,
+    /// Ticks between tick acks (`--ack-interval` / the tick period).
+    pub(crate) ack_ticks: u32,
 }
 
 /// The member name of member `i` under cache `cache_id`.
@@ -346,6 +352,7 @@ pub(crate) fn setup(cfg: &SetupConfig) -> Result<HermesCtx, HermesError> {
         real,
         first_member: cfg.first_member,
         group_size: cfg.group_size,
+        ack_ticks: cfg.ack_ticks,
     })
 }
 
@@ -602,6 +609,10 @@ pub(crate) struct Hermes {
     unacked: u64,
     /// A batch ack ([`ACK_EVERY`]) went out since the last tick.
     batch_acked: bool,
+    /// Ticks since the last ack, and how many a tick ack waits for
+    /// (`--ack-interval` in ticks).
+    ticks_since_ack: u32,
+    ack_ticks: u32,
     ping_nonce: u64,
     /// `--crypto real`: this member's keys.
     real: Option<RealKeys>,
@@ -615,6 +626,7 @@ fn unix_ms_now() -> u64 {
 
 impl Hermes {
     fn ack(&mut self, out: &mut Vec<u8>) {
+        self.ticks_since_ack = 0;
         if self.seen > self.acked {
             Frame::Ack { up_to: self.seen }.encode(out);
             self.acked = self.seen;
@@ -665,6 +677,8 @@ impl Proto for Hermes {
             acked: 0,
             unacked: 0,
             batch_acked: false,
+            ticks_since_ack: 0,
+            ack_ticks: ctx.ack_ticks.max(1),
             ping_nonce: 0,
             real: ctx.real.as_ref().and_then(|v| {
                 let slot = v.get(i)?;
@@ -791,7 +805,8 @@ impl Proto for Hermes {
         // flowing: its tail goes out with the next batch or, once the flow
         // stops, at the next tick (so a tick ack is at most two periods late
         // and a busy receiver sends no extra acks).
-        if std::mem::take(&mut self.batch_acked) {
+        self.ticks_since_ack = self.ticks_since_ack.saturating_add(1);
+        if std::mem::take(&mut self.batch_acked) || self.ticks_since_ack < self.ack_ticks {
             return;
         }
         self.ack(out);
@@ -814,6 +829,7 @@ mod tests {
             real: None,
             first_member: 0,
             group_size: 2,
+            ack_ticks: 1,
         }
     }
 
@@ -923,6 +939,28 @@ mod tests {
         out.clear();
         c.tick(&mut out);
         assert!(out.is_empty(), "nothing new to ack");
+    }
+
+    #[test]
+    fn a_longer_ack_interval_acks_every_nth_tick() {
+        let mut ctx = ctx();
+        ctx.ack_ticks = 3;
+        let mut c = ready_with(&ctx, 1);
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        c.on_read(
+            &deliver(11, [9; 16], EntryKind::GroupMessage, b"m"),
+            &mut out,
+            &mut ev,
+        )
+        .unwrap();
+        c.tick(&mut out);
+        c.tick(&mut out);
+        assert!(out.is_empty(), "two ticks of three");
+        c.tick(&mut out);
+        assert_eq!(
+            Frame::decode(&frames(&out)[0]).unwrap(),
+            Frame::Ack { up_to: 11 }
+        );
     }
 
     #[test]
@@ -1077,6 +1115,7 @@ mod tests {
             threads: 1,
             senders_per_group: 1,
             real_crypto: true,
+            ack_ticks: 1,
         };
         let mut c = ctx();
         c.groups = vec![([9; 16], 0)];

@@ -134,6 +134,21 @@ struct Args {
     /// No per-second lines, only the final report.
     #[arg(long)]
     quiet: bool,
+    /// Hermes: seconds between a connection's periodic cumulative acks
+    /// (besides one every 64 entries); a multiple of the 0.1 s tick.
+    #[arg(long, default_value_t = 0.1)]
+    ack_interval: f64,
+}
+
+/// `--ack-interval` in ticks of the swarm's 100 ms period (at least 1).
+fn ack_ticks(secs: f64) -> Result<u32, String> {
+    if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) {
+        return Err("--ack-interval must be between 0 and 3600 seconds".into());
+    }
+    // In range: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ticks = (secs * 10.0).round() as u32;
+    Ok(ticks.max(1))
 }
 
 fn secs(v: f64, flag: &str) -> Result<Duration, String> {
@@ -193,6 +208,7 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
         "crypto": format!("{:?}", a.crypto).to_lowercase(),
         "wire_payload": cfg.payload,
         "threads": cfg.threads,
+        "ack_interval_s": a.ack_interval,
         "connected": r.connected,
         "ready": c.ready,
         "failed": c.failed,
@@ -279,6 +295,7 @@ fn run(a: &Args) -> Result<bool, String> {
                 threads: cfg.threads.max(4),
                 senders_per_group: cfg.senders_per_group,
                 real_crypto: a.crypto == Crypto::Real,
+                ack_ticks: ack_ticks(a.ack_interval)?,
             };
             let ctx = hermes::setup(&setup).map_err(|e| e.to_string())?;
             if a.crypto == Crypto::None {
@@ -309,5 +326,20 @@ fn main() -> ExitCode {
             eprintln!("hermes-loadtest: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_interval_in_ticks() {
+        assert_eq!(ack_ticks(0.1), Ok(1));
+        assert_eq!(ack_ticks(0.0), Ok(1));
+        assert_eq!(ack_ticks(1.0), Ok(10));
+        assert!(ack_ticks(-1.0).is_err());
+        assert!(ack_ticks(f64::NAN).is_err());
+        assert!(ack_ticks(1e9).is_err());
     }
 }
