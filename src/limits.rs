@@ -381,6 +381,6 @@ pub const CLIENT_RECV_QUIET: std::time::Duration = std::time::Duration::from_mil
 /// the relay's idle timeout, `RELAY_IDLE_TIMEOUT`).
 pub const CLIENT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How long `hermes chat` waits for relay pushes between looks at the
-/// keyboard: the worst-case delay before a typed line is sent.
-pub const CLIENT_CHAT_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+/// Most frames `Client::poll_ready` reads in one call before it lets the
+/// chat loop look at the keyboard again (it then polls again at once).
+pub const CLIENT_DRAIN_FRAMES: usize = 1024;

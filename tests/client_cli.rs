@@ -135,6 +135,64 @@ fn the_demo_exits_zero() {
 }
 
 #[test]
+fn chat_sends_a_typed_line_while_stdin_stays_open() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::ephemeral_in(&tmp.path().join("relay"));
+    cfg.core.registrations_per_minute = 100_000;
+    let relay = spawn_relay(cfg).unwrap();
+    let addr = relay.addr().to_string();
+    let state = tmp.path().join("state");
+    ok(&hermes(&addr, &state, "ann", "pw", &["register"], ""));
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_hermes"))
+        .arg("chat")
+        .env("HERMES_SERVER", &addr)
+        .env("HERMES_USER", "ann")
+        .env("HERMES_STATE_DIR", &state)
+        .env("HERMES_PASSPHRASE", "pw")
+        .env("HERMES_INSECURE_TEST_KDF", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keyboard = chat.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = chat.stdout.take().unwrap();
+    let screen = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    keyboard
+        .write_all(b"/create crew\nhello while typing\n")
+        .unwrap();
+    keyboard.flush().unwrap();
+    // The echo means the relay stored it; stdin is still open, so the line
+    // went out on the keyboard's wake-up, not on end of input. (The limit
+    // only keeps a broken build from hanging the suite.)
+    let mut seen = Vec::new();
+    let sent = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l) if l == "ann: hello while typing" => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    if !sent {
+        let _ = chat.kill();
+    }
+    let _ = keyboard.write_all(b"/quit\n");
+    drop(keyboard);
+    assert!(chat.wait().unwrap().success() || !sent);
+    screen.join().unwrap();
+    assert!(sent, "{seen:?}");
+}
+
+#[test]
 fn chat_reads_commands_and_lines_from_stdin() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::ephemeral_in(&tmp.path().join("relay"));

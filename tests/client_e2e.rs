@@ -324,3 +324,49 @@ fn a_larger_group_sets_up_in_parallel_and_everyone_reads() {
     assert_eq!(texts(&read(&mut alice)), vec!["member3: hi from 3"]);
     assert_eq!(texts(&read(&mut others[0])), vec!["member3: hi from 3"]);
 }
+
+#[test]
+fn poll_ready_handles_what_the_socket_has_without_waiting() {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let r = relay(&tmp.path().join("relay"));
+    let addr = r.addr().to_string();
+    let root = tmp.path().join("clients");
+    let mut alice = register(&addr, "alice", &root, 41);
+    let mut bob = register(&addr, "bob", &root, 42);
+    alice.create_group("crew", &["bob".into()]).unwrap();
+    read(&mut bob); // the welcome and alice's keys
+
+    let mut poll = Poll::new().unwrap();
+    let mut events = Events::with_capacity(4);
+    let (number, fd) = bob.connection_fd().unwrap();
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(1), Interest::READABLE)
+        .unwrap();
+    // Nothing sent: it returns with nothing handled (and does not block).
+    let ready = bob.poll_ready().unwrap();
+    assert_eq!((ready.handled, ready.more), (0, false));
+
+    alice.send_text("crew", "one").unwrap();
+    alice.send_text("crew", "two").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        if got.len() >= 2 {
+            break;
+        }
+        // Woken by the socket, not by a timeout.
+        poll.poll(&mut events, Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(events.iter().any(|e| e.token() == Token(1)));
+        bob.poll_ready().unwrap();
+        got.extend(texts(&bob.take_inbox().unwrap().0));
+    }
+    assert_eq!(got, ["alice: one", "alice: two"]);
+    // Still the same connection, and it still answers requests (the
+    // socket is back in blocking mode).
+    assert_eq!(bob.connection_fd().map(|c| c.0), Some(number));
+    bob.send_text("crew", "three").unwrap();
+    assert_eq!(texts(&read(&mut alice)), ["bob: three"]);
+}

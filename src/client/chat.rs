@@ -1,23 +1,27 @@
 //! `hermes chat`: the interactive terminal client.
 //!
-//! A thread reads stdin lines into a channel; the main thread alternates
-//! between [`Client::poll`] (relay pushes, at most
-//! [`CLIENT_CHAT_TICK`] at a time) and the typed lines, so incoming
-//! messages appear while the user types. A broken connection is retried
-//! with backoff; lines typed meanwhile wait in a queue and are sent,
-//! encrypted, once the client is connected and its keys are out.
+//! One mio loop sleeps until something happens: the relay's socket turns
+//! readable (pushes: [`Client::poll_ready`]), a typed line arrives (a
+//! thread reads stdin lines into a channel and wakes the loop with a
+//! [`mio::Waker`]), the next ping is due, or a reconnect attempt is. So a
+//! typed line goes out at once, incoming messages appear while the user
+//! types, and an idle chat does not wake up. A broken connection is
+//! retried with backoff; lines typed meanwhile wait in a queue and are
+//! sent, encrypted, once the client is connected and its keys are out.
 
-use std::io::{BufRead, Write};
-use std::sync::mpsc;
+use std::io::{self, BufRead, Write};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 use rand_core::CryptoRng;
 
 use super::commands::{CmdResult, CommonOptions};
 use super::net::{Client, ClientError};
 use super::session::{Change, list_groups};
 use super::state::InboxEntry;
-use crate::limits::{CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_CHAT_TICK};
+use crate::limits::{CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN};
 
 const HELP: &str = "\
 commands:
@@ -51,9 +55,102 @@ pub fn chat_line(e: &InboxEntry, current: Option<&str>) -> String {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Input {
     Line(String),
     Eof,
+}
+
+/// The stdin thread's wake-ups.
+const KEYBOARD: Token = Token(0);
+/// The relay connection's readability.
+const RELAY: Token = Token(1);
+
+/// Reads `input` line by line on a thread, sending each line (then
+/// [`Input::Eof`]) to `tx` and waking the loop after each.
+fn spawn_reader(
+    input: impl BufRead + Send + 'static,
+    tx: mpsc::Sender<Input>,
+    waker: Arc<Waker>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("chat-stdin".into())
+        .spawn(move || {
+            for line in input.lines() {
+                let Ok(l) = line else { break };
+                if tx.send(Input::Line(l)).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+            let _ = tx.send(Input::Eof);
+            let _ = waker.wake();
+        })
+}
+
+/// The loop's sleep: a mio poll on the relay socket and the stdin thread's
+/// waker.
+struct Sleeper {
+    poll: Poll,
+    events: Events,
+    /// The connection (by [`Client::connection_fd`] number) registered
+    /// under [`RELAY`]. A closed socket leaves the epoll set by itself.
+    watching: Option<u64>,
+    /// Kept here too: the last `Waker` dropped closes its eventfd, and a
+    /// wake-up not yet collected would go with it (the reader thread drops
+    /// its copy right after waking the loop for end of input).
+    waker: Arc<Waker>,
+}
+
+impl Sleeper {
+    fn new() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), KEYBOARD)?);
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(8),
+            watching: None,
+            waker,
+        })
+    }
+
+    /// The waker for the keyboard thread.
+    fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Registers the client's connection if it is not the one registered.
+    fn watch<R: CryptoRng>(&mut self, client: &Client<R>) -> io::Result<()> {
+        let Some((number, fd)) = client.connection_fd() else {
+            return Ok(());
+        };
+        if self.watching == Some(number) {
+            return Ok(());
+        }
+        let registry = self.poll.registry();
+        let mut source = SourceFd(&fd);
+        match registry.register(&mut source, RELAY, Interest::READABLE) {
+            // The descriptor number is still in the set (not closed yet).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                registry.reregister(&mut source, RELAY, Interest::READABLE)?;
+            }
+            r => r?,
+        }
+        self.watching = Some(number);
+        Ok(())
+    }
+
+    /// Sleeps until the relay socket or the keyboard has something, or
+    /// `timeout` passes (`None`: no timeout). True if the keyboard's waker
+    /// was among the wake-ups (the loop looks at the keyboard either way).
+    fn sleep(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        Ok(self.events.iter().any(|ev| ev.token() == KEYBOARD))
+    }
 }
 
 struct Chat<R: CryptoRng> {
@@ -259,21 +356,9 @@ pub fn run(o: &CommonOptions) -> CmdResult {
     let mut config = super::commands::config_for(o);
     config.connect_attempts = 1;
     let client = Client::open(config, p.as_bytes(), rand::rng())?;
+    let mut sleeper = Sleeper::new()?;
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(Input::Line(l)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx.send(Input::Eof);
-    });
+    spawn_reader(io::BufReader::new(io::stdin()), tx, sleeper.waker())?;
     let mut chat = Chat {
         client,
         current: None,
@@ -298,17 +383,20 @@ pub fn run(o: &CommonOptions) -> CmdResult {
     let mut was_down = false;
     let mut eof = false;
     loop {
-        // 1. The relay.
-        if retry_at.is_none_or(|t| Instant::now() >= t) {
-            match chat.client.poll(CLIENT_CHAT_TICK) {
-                Ok(n) => {
+        // 1. The relay: whatever it sent (and what earlier requests
+        // buffered), reconnecting first when the backoff allows.
+        let mut more = false;
+        if chat.client.is_connected() || retry_at.is_none_or(|t| Instant::now() >= t) {
+            match chat.client.poll_ready() {
+                Ok(ready) => {
                     if was_down {
                         chat.say("(reconnected)");
                         was_down = false;
                     }
                     backoff = CLIENT_BACKOFF_MIN;
                     retry_at = None;
-                    if n > 0 {
+                    more = ready.more;
+                    if ready.handled > 0 {
                         let _ = chat.show_inbox();
                     }
                     if chat.queued() && chat.flush_queue().is_err() {
@@ -325,10 +413,21 @@ pub fn run(o: &CommonOptions) -> CmdResult {
                     backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
                 }
             }
-        } else {
-            std::thread::sleep(CLIENT_CHAT_TICK);
         }
-        // 2. The keyboard.
+        // 2. Sleep until the relay or the keyboard has something, or the
+        // next ping or reconnect attempt is due.
+        sleeper.watch(&chat.client)?;
+        let wake_at = match retry_at {
+            Some(t) if !chat.client.is_connected() => t,
+            _ => chat.client.next_ping(),
+        };
+        let timeout = if more {
+            Duration::ZERO
+        } else {
+            wake_at.saturating_duration_since(Instant::now())
+        };
+        sleeper.sleep(Some(timeout))?;
+        // 3. The keyboard.
         loop {
             match rx.try_recv() {
                 Ok(Input::Line(l)) => {
@@ -352,5 +451,34 @@ pub fn run(o: &CommonOptions) -> CmdResult {
             let _ = chat.show_inbox();
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typed_line_wakes_the_sleeping_loop() {
+        let mut sleeper = Sleeper::new().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (keyboard, mut typing) = io::pipe().unwrap();
+        let reader = spawn_reader(io::BufReader::new(keyboard), tx, sleeper.waker()).unwrap();
+        // Nothing typed: nothing wakes the loop.
+        assert!(!sleeper.sleep(Some(Duration::ZERO)).unwrap());
+        assert!(rx.try_recv().is_err());
+        typing.write_all(b"hello\n").unwrap();
+        // Nothing but the reader's waker can end this sleep before its
+        // minute is up (and `true` says the waker did), with the line
+        // there when it does.
+        let a_minute = Some(Duration::from_secs(60));
+        assert!(sleeper.sleep(a_minute).unwrap());
+        assert_eq!(rx.try_recv(), Ok(Input::Line("hello".into())));
+        // End of input wakes it too, even after the reader has finished
+        // (and dropped its waker) before the loop looked.
+        drop(typing);
+        reader.join().unwrap();
+        assert!(sleeper.sleep(a_minute).unwrap());
+        assert_eq!(rx.try_recv(), Ok(Input::Eof));
     }
 }

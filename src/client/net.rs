@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,8 +29,8 @@ use super::session::{
 use super::state::{ClientState, InboxEntry, KdfCost, StateDir, StateError, Unlocked};
 use crate::crypto::identity::IdentityKeyPair;
 use crate::limits::{
-    CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_CONNECT_ATTEMPTS, CLIENT_IO_TIMEOUT,
-    CLIENT_PING_INTERVAL, MAX_FRAME_LEN,
+    CLIENT_BACKOFF_MAX, CLIENT_BACKOFF_MIN, CLIENT_CONNECT_ATTEMPTS, CLIENT_DRAIN_FRAMES,
+    CLIENT_IO_TIMEOUT, CLIENT_PING_INTERVAL, MAX_FRAME_LEN,
 };
 use crate::membership::Commit;
 use crate::wire::{DecodeError, ErrorCode, Frame, FrameKind, GroupId, MessageId, split_frame};
@@ -164,6 +165,16 @@ struct Conn {
     hello: HelloInfo,
 }
 
+/// What [`Client::poll_ready`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// Entries handled.
+    pub handled: usize,
+    /// The socket may hold more ([`CLIENT_DRAIN_FRAMES`] frames were read):
+    /// call again before waiting for it.
+    pub more: bool,
+}
+
 /// What a stored receipt said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
@@ -185,6 +196,10 @@ pub struct Client<R: CryptoRng> {
     pushes: VecDeque<Vec<u8>>,
     ping_nonce: u64,
     last_ping: Instant,
+    /// Counts logins, so a caller watching the socket can tell a new
+    /// connection from the one it registered (a descriptor number may be
+    /// reused).
+    conn_epoch: u64,
 }
 
 impl<R: CryptoRng> std::fmt::Debug for Client<R> {
@@ -242,6 +257,7 @@ impl<R: CryptoRng> Client<R> {
             pushes: VecDeque::new(),
             ping_nonce: 0,
             last_ping: Instant::now(),
+            conn_epoch: 1,
         })
     }
 
@@ -263,6 +279,7 @@ impl<R: CryptoRng> Client<R> {
             pushes: VecDeque::new(),
             ping_nonce: 0,
             last_ping: Instant::now(),
+            conn_epoch: 0,
         })
     }
 
@@ -276,6 +293,25 @@ impl<R: CryptoRng> Client<R> {
     #[must_use]
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
+    }
+
+    /// The connection's socket, to watch for readability (for example with
+    /// a `mio::unix::SourceFd`), and the connection's number: it changes
+    /// with every login, so a watcher knows when to register again. `None`
+    /// while disconnected. The socket stays in blocking mode; read it only
+    /// through [`Client::poll_ready`] and the other methods.
+    #[must_use]
+    pub fn connection_fd(&self) -> Option<(u64, RawFd)> {
+        self.conn
+            .as_ref()
+            .map(|c| (self.conn_epoch, c.stream.as_raw_fd()))
+    }
+
+    /// When [`Client::poll_ready`] next pings the relay: a caller waiting
+    /// for the socket wakes up by then.
+    #[must_use]
+    pub fn next_ping(&self) -> Instant {
+        self.last_ping + CLIENT_PING_INTERVAL
     }
 
     /// Drops the connection (the next request reconnects).
@@ -369,6 +405,7 @@ impl<R: CryptoRng> Client<R> {
         await_authenticated(&mut c, self.config.io_timeout)?;
         self.pushes.clear();
         self.conn = Some(c);
+        self.conn_epoch += 1;
         Ok(())
     }
 
@@ -588,6 +625,80 @@ impl<R: CryptoRng> Client<R> {
             }
         }
         Ok(handled)
+    }
+
+    /// Handles what the relay has sent so far without waiting: connects
+    /// first if disconnected (one [`Client::ensure_connected`]), pings if
+    /// [`CLIENT_PING_INTERVAL`] has passed, reads the socket without
+    /// blocking until it has nothing more (at most [`CLIENT_DRAIN_FRAMES`]
+    /// frames), then handles the pushes buffered so far, including those
+    /// that arrived during earlier requests. For an event loop that wakes
+    /// on the socket of [`Client::connection_fd`]: after this call the
+    /// socket has been read until `WouldBlock` unless [`Ready::more`] says
+    /// otherwise.
+    ///
+    /// # Errors
+    /// Connection and state errors (the caller reconnects with backoff).
+    pub fn poll_ready(&mut self) -> Result<Ready, ClientError> {
+        self.ensure_connected()?;
+        if self.last_ping.elapsed() >= CLIENT_PING_INTERVAL {
+            self.ping_nonce += 1;
+            let nonce = self.ping_nonce;
+            self.send_raw(&Frame::Ping { nonce }.to_vec())?;
+            self.last_ping = Instant::now();
+        }
+        let more = self.drain_nonblocking()?;
+        let handled = if self.pushes.is_empty() {
+            0
+        } else {
+            self.pump()?
+        };
+        Ok(Ready { handled, more })
+    }
+
+    /// Buffers the pushes that can be read without blocking (at most
+    /// [`CLIENT_DRAIN_FRAMES`] frames); true if the limit stopped it.
+    fn drain_nonblocking(&mut self) -> Result<bool, ClientError> {
+        let not_connected = || {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "not connected",
+            ))
+        };
+        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
+        conn.stream.set_nonblocking(true)?;
+        // Non-blocking, a read with nothing there is `WouldBlock`: `None`.
+        let deadline = Instant::now() + self.config.io_timeout;
+        let mut more = true;
+        let mut result = Ok(());
+        for _ in 0..CLIENT_DRAIN_FRAMES {
+            match self.read_one(deadline) {
+                Ok(Some(raw)) => {
+                    if matches!(
+                        frame_kind_of(&raw),
+                        Some(FrameKind::Deliver | FrameKind::GapNotice)
+                    ) {
+                        self.pushes.push_back(raw);
+                    }
+                }
+                Ok(None) => {
+                    more = false;
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Requests and acks write with blocking calls.
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(e) = conn.stream.set_nonblocking(false)
+        {
+            self.disconnect();
+            return Err(e.into());
+        }
+        result.map(|()| more)
     }
 
     /// Handles every buffered push in order, each in its own transaction,
@@ -1213,9 +1324,7 @@ fn read_frame(c: &mut Conn, deadline: Instant) -> Result<Option<Vec<u8>>, Client
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{
-        CLIENT_CHAT_TICK, CLIENT_PROGRESS_MIN_PEERS, CLIENT_RECV_QUIET, RELAY_IDLE_TIMEOUT,
-    };
+    use crate::limits::{CLIENT_PROGRESS_MIN_PEERS, CLIENT_RECV_QUIET, RELAY_IDLE_TIMEOUT};
 
     #[test]
     fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
@@ -1235,9 +1344,8 @@ mod tests {
     fn timing_limits_fit_together() {
         // Pings keep an idle interactive connection open.
         assert!(CLIENT_PING_INTERVAL < RELAY_IDLE_TIMEOUT);
-        // The chat tick is short next to "the backlog is drained", which is
-        // short next to "the relay does not answer".
-        assert!(CLIENT_CHAT_TICK < CLIENT_RECV_QUIET);
+        // "The backlog is drained" is short next to "the relay does not
+        // answer".
         assert!(CLIENT_RECV_QUIET < CLIENT_IO_TIMEOUT);
         assert!(CLIENT_BACKOFF_MIN < CLIENT_BACKOFF_MAX);
     }
