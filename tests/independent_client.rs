@@ -179,11 +179,24 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
     );
 
     // Gap notices need a relay with a small per-member queue cap.
-    let mut cfg = ServerConfig::ephemeral();
-    cfg.core.queue_cap = 5;
-    let small = spawn_relay(cfg).unwrap();
+    let small_dir = tmp.path().join("small");
+    let small_cfg = || {
+        let mut cfg = ServerConfig::ephemeral_in(&small_dir);
+        cfg.core.queue_cap = 5;
+        cfg
+    };
+    let small = spawn_relay(small_cfg()).unwrap();
+    let gap_facts = tmp.path().join("gap-facts.json");
+    let gap_facts = gap_facts.to_str().unwrap();
     let stdout = run_script(
-        &["--server", &small.addr().to_string(), "--queue-cap", "5"],
+        &[
+            "--server",
+            &small.addr().to_string(),
+            "--queue-cap",
+            "5",
+            "--facts",
+            gap_facts,
+        ],
         tmp.path(),
     );
     assert_ran(
@@ -191,6 +204,19 @@ fn independent_python_client_talks_to_relay_and_rust_cli() {
         &["ok queue cap 5: 3 oldest dropped, one gap notice"],
     );
     small.join().unwrap();
+    // Its drop record is written at a maintenance pass or after a restart's
+    // replay (PROTOCOL.md 3.6): restart it once, then read its mailbox.
+    spawn_relay(small_cfg()).unwrap().join().unwrap();
+    let stdout = run_script(
+        &[
+            "--verify-records",
+            small_dir.to_str().unwrap(),
+            "--facts",
+            gap_facts,
+        ],
+        tmp.path(),
+    );
+    assert_ran(&stdout, &["ok drop records: 1 gap notices matched"]);
 
     // Stop the relay (a clean close) and read its mailbox files.
     relay.join().unwrap();

@@ -963,13 +963,36 @@ fn cap_and_gap_notice<S: Restart>(store: S) {
     assert_eq!(got.len(), 1);
 }
 
-/// Known limit (ARCHITECTURE.md "Known limits", PROTOCOL.md 3.5 gap
-/// notice): gap notices are not records. Before a restart the dropped
-/// messages' records are what let replay re-derive the gap (above); once
-/// compaction has deleted them, a restart forgets it. The receiver then gets
-/// the surviving messages, in order, with a jump in sequence numbers and no
-/// notice: it cannot tell that two of alice's messages were dropped.
-fn gap_notice_is_forgotten_once_its_messages_are_compacted<S: Restart>(store: S) {
+/// Record kinds (PROTOCOL.md 3.6) these tests count in the store.
+const RECORD_GROUP_MESSAGE: u8 = 3;
+const RECORD_DROP: u8 = 6;
+
+/// How many surviving records of `kind` the store holds.
+fn stored<S: Store>(store: &S, kind: u8) -> usize {
+    let mut n = 0;
+    store.replay(&mut |r| n += usize::from(r.kind == kind));
+    n
+}
+
+/// The gap notices in `got`: (seq, sender, count).
+fn gap_notices(got: &[Got]) -> Vec<(u64, String, u32)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Gap { seq, sender, count } => Some((*seq, sender.clone(), *count)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Alice (online) and bob (offline) in group `gid`; alice sends `n`
+/// messages (`big` bytes each, filled with the message number) to bob's
+/// queue, capped at 3. Returns the receipts' sequence numbers.
+fn offline_bob_over_cap<S: Restart>(
+    store: S,
+    gid: GroupId,
+    n: u8,
+    big: usize,
+) -> (Sim<S>, User, ConnId, User, Vec<u64>) {
     let config = RelayConfig {
         queue_cap: 3,
         ..RelayConfig::default()
@@ -977,28 +1000,187 @@ fn gap_notice_is_forgotten_once_its_messages_are_compacted<S: Restart>(store: S)
     let mut sim = Sim::new(store, config);
     let (alice, ca) = sim.user("alice");
     let (bob, cb) = sim.user("bob");
-    let gid = [7; 16];
     sim.create_group(&alice, ca, &[&alice, &bob], gid);
     sim.core.handle_disconnect(cb);
     let mut seqs = Vec::new();
-    for i in 0..5u8 {
-        let r = sim.group_send(ca, gid, 0, i, &[i]);
+    for i in 0..n {
+        let r = sim.group_send(ca, gid, 0, i, &vec![i; big]);
         seqs.extend(r.iter().filter_map(|g| match g {
             Got::Receipt { seq, .. } => Some(*seq),
             _ => None,
         }));
     }
-    assert_eq!(seqs.len(), 5);
+    assert_eq!(seqs.len(), usize::from(n));
+    (sim, alice, ca, bob, seqs)
+}
+
+/// A gap notice is backed by a drop record (PROTOCOL.md 3.6, kind 6):
+/// once compaction has deleted the dropped messages' records, a restart
+/// still gives the member its notice, at its place, with its count; once
+/// the member acks past it, the record goes too. `exact`: the store has one
+/// record per segment, so compaction deletes every released record.
+fn gap_notice_survives_a_restart_after_its_messages_are_compacted<S: Restart>(
+    store: S,
+    exact: bool,
+) {
+    let gid = [7; 16];
+    // Enough big messages that the relay copies the live records forward
+    // and the store deletes the dropped ones' segments.
+    let (mut sim, _, _, bob, seqs) = offline_bob_over_cap(store, gid, 12, 6000);
     compact(&mut sim);
+    // Dropped messages' records are gone from the store (all nine with one
+    // record per segment; the memory-mapped store keeps the ones that share
+    // its open segment), and the drop record that counts them is there.
+    let left = stored(sim.core.store(), RECORD_GROUP_MESSAGE);
+    assert!(
+        left < 12 && (!exact || left == 3),
+        "{left} message records left"
+    );
+    assert_eq!(stored(sim.core.store(), RECORD_DROP), 1);
+    let (mut sim, _) = sim.restart();
+    let (cb, got) = sim.login(&bob);
+    assert_eq!(
+        gap_notices(&got),
+        vec![(seqs[0], "alice".to_owned(), 9)],
+        "{got:?}"
+    );
+    let texts = texts(&got);
+    assert_eq!(texts.len(), 3);
+    for (t, i) in texts.iter().zip(9u8..) {
+        assert_eq!(t, &vec![i; 6000]);
+    }
+    let kept: Vec<u64> = delivered(&got).iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(kept, seqs[9..]);
+    // The notice comes first, at the first dropped message's place.
+    let first = got.iter().position(|g| matches!(g, Got::Gap { .. }));
+    let first_msg = got.iter().position(|g| {
+        matches!(
+            g,
+            Got::Deliver {
+                kind: EntryKind::GroupMessage,
+                ..
+            }
+        )
+    });
+    assert!(first < first_msg, "{got:?}");
+    // A second restart (the record copied forward or not) says the same.
+    sim.core.handle_disconnect(cb);
+    compact(&mut sim);
+    let (mut sim, _) = sim.restart();
+    let (cb, got2) = sim.login(&bob);
+    assert_eq!(gap_notices(&got2), gap_notices(&got));
+    // Acked past it: released, compacted, not sent again.
+    sim.send(
+        cb,
+        &Frame::Ack {
+            up_to: last_seq(&got),
+        },
+    );
+    compact(&mut sim);
+    if exact {
+        assert_eq!(stored(sim.core.store(), RECORD_DROP), 0, "released");
+    }
     let (mut sim, _) = sim.restart();
     let (_, got) = sim.login(&bob);
     assert!(
-        !got.iter().any(|g| matches!(g, Got::Gap { .. })),
-        "no gap notice survives: {got:?}"
+        gap_notices(&got).is_empty() && delivered(&got).is_empty(),
+        "{got:?}"
     );
+}
+
+/// Replay applies a drop record instead of re-deriving the gap from the
+/// dropped messages whose records survive (here: not yet compacted, all in
+/// the store's open segment), so the count is not doubled; a drop after
+/// the last drop record (a crash before the next maintenance pass) is
+/// re-derived from its message's record and merged into the same notice.
+fn drop_records_are_not_counted_twice<S: Restart>(store: S) {
+    let gid = [8; 16];
+    let (mut sim, alice, _, bob, seqs) = offline_bob_over_cap(store, gid, 5, 1);
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(stored(sim.core.store(), RECORD_DROP), 1);
+    let (mut sim, _) = sim.restart();
+    let (cb, got) = sim.login(&bob);
+    assert_eq!(gap_notices(&got), vec![(seqs[0], "alice".to_owned(), 2)]);
     assert_eq!(texts(&got), vec![vec![2u8], vec![3], vec![4]]);
-    let delivered: Vec<u64> = delivered(&got).iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(delivered[delivered.len() - 3..], seqs[2..]);
+    sim.core.handle_disconnect(cb);
+    // Bob was sent the notice but acked nothing, so it can still grow: one
+    // more message drops the oldest kept one into it. Restart without a
+    // maintenance pass: that drop has no record yet; its message's record
+    // was kept for it, and replay re-derives it into the same notice.
+    let (ca, _) = sim.login(&alice);
+    let r = sim.group_send(ca, gid, 0, 5, &[5]);
+    let seq5 = match r.as_slice() {
+        [Got::Receipt { seq, .. }] => *seq,
+        _ => panic!("{r:?}"),
+    };
+    let (mut sim, _) = sim.restart();
+    let (_, got) = sim.login(&bob);
+    let notices = gap_notices(&got);
+    assert_eq!(
+        notices,
+        vec![(seqs[0], "alice".to_owned(), 3)],
+        "2 recorded + 1 re-derived, none twice: {got:?}"
+    );
+    assert_eq!(texts(&got), vec![vec![3u8], vec![4], vec![5]]);
+    assert_eq!(last_seq(&got), seq5);
+    // After the replay's own flush and compaction, a further restart says
+    // exactly the same.
+    compact(&mut sim);
+    let (mut sim, _) = sim.restart();
+    let (_, again) = sim.login(&bob);
+    assert_eq!(gap_notices(&again), notices);
+    assert_eq!(texts(&again), texts(&got));
+}
+
+/// The drop record is appended before the dropped messages' records are
+/// released, so power loss before it is durable loses neither: compaction
+/// waits for it, and replay re-derives the gap from the messages. It may
+/// use the store's reserve (like an ack, it lets records go): a full store
+/// still records the drops of its time-to-live expiry and frees the
+/// expired messages' space.
+#[test]
+fn drop_records_survive_power_loss_and_a_full_store() {
+    let gid = [9; 16];
+    let (mut sim, alice, _, bob, seqs) =
+        offline_bob_over_cap(FaultStore::with_segment_records(1), gid, 5, 1);
+    sim.core.store_mut().sync();
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(stored(sim.core.store(), RECORD_DROP), 1);
+    assert_eq!(
+        stored(sim.core.store(), RECORD_GROUP_MESSAGE),
+        5,
+        "released, but not deleted before the drop record is durable"
+    );
+    assert_eq!(sim.core.store_mut().simulate_power_loss(), 1);
+    let (mut sim, _) = sim.restart();
+    let (cb, got) = sim.login(&bob);
+    assert_eq!(gap_notices(&got), vec![(seqs[0], "alice".to_owned(), 2)]);
+    assert_eq!(texts(&got), vec![vec![2u8], vec![3], vec![4]]);
+    sim.core.handle_disconnect(cb);
+
+    // Full: sends are refused, the expiry's drop record still goes in.
+    let (ca, _) = sim.login(&alice);
+    sim.core.store_mut().set_full(true);
+    assert_eq!(
+        sim.group_send(ca, gid, 0, 50, b"x"),
+        vec![Got::Error(ErrorCode::StoreFull)]
+    );
+    let drops_before = stored(sim.core.store(), RECORD_DROP);
+    sim.unix_ms += 31 * DAY_MS;
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(sim.core.stats().dropped_expired, 3);
+    assert!(stored(sim.core.store(), RECORD_DROP) > drops_before);
+    sim.core.store_mut().sync();
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(
+        stored(sim.core.store(), RECORD_GROUP_MESSAGE),
+        0,
+        "the expired messages' space is freed while full"
+    );
+    let (mut sim, _) = sim.restart();
+    let (_, got) = sim.login(&bob);
+    assert_eq!(gap_notices(&got), vec![(seqs[0], "alice".to_owned(), 5)]);
+    assert!(texts(&got).is_empty(), "{got:?}");
 }
 
 fn ttl_expiry<S: Restart>(store: S) {
@@ -1733,8 +1915,19 @@ fn fault_quota_and_full_store() {
     quota_and_full_store(FaultStore::new());
 }
 #[test]
-fn small_segments_gap_notice_is_forgotten_once_its_messages_are_compacted() {
-    gap_notice_is_forgotten_once_its_messages_are_compacted(MemStore::with_segment_records(1));
+fn small_segments_gap_notice_survives_a_restart_after_its_messages_are_compacted() {
+    gap_notice_survives_a_restart_after_its_messages_are_compacted(
+        MemStore::with_segment_records(1),
+        true,
+    );
+}
+#[test]
+fn mem_drop_records_are_not_counted_twice() {
+    drop_records_are_not_counted_twice(mem());
+}
+#[test]
+fn small_segments_drop_records_are_not_counted_twice() {
+    drop_records_are_not_counted_twice(MemStore::with_segment_records(1));
 }
 #[test]
 fn small_segments_restart_delivers_unacked_and_nothing_acked() {
@@ -1804,6 +1997,14 @@ fn mmap_restart_delivers_unacked_and_nothing_acked() {
 #[test]
 fn mmap_several_sessions_get_everything() {
     several_sessions_get_everything(Mmap::new());
+}
+#[test]
+fn mmap_gap_notice_survives_a_restart_after_its_messages_are_compacted() {
+    gap_notice_survives_a_restart_after_its_messages_are_compacted(Mmap::new(), false);
+}
+#[test]
+fn mmap_drop_records_are_not_counted_twice() {
+    drop_records_are_not_counted_twice(Mmap::new());
 }
 #[test]
 fn mmap_compaction_keeps_everything_needed() {

@@ -32,13 +32,13 @@
 //! `max_bytes`, [`RelayCore::has_pending_output`] is true and the loop calls
 //! `poll_transmit` again when the socket is writable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand_core::CryptoRng;
 use slab::Slab;
 
-use super::queue::{Item, Queue, Verdict};
+use super::queue::{Dropped, Gap, Item, Queue, Verdict};
 use super::records::{self, EntryBody};
 use crate::crypto::dh::DhGroup;
 use crate::crypto::identity::{PublicIdentity, SigningKeyPair, verify_signature};
@@ -247,6 +247,26 @@ enum Owner {
     Account(u32),
     Msg(u32),
     Ack(u32),
+    /// A drop record of this member's queue (`RelayCore::drop_records`).
+    Drop(u32),
+}
+
+/// The live drop record of one gap entry (member, seq).
+#[derive(Clone, Copy)]
+struct DropRec {
+    record: RecordId,
+    /// The highest sequence number the gap counts; the record is released
+    /// once the member's ack reaches it.
+    through: u64,
+}
+
+/// A drop record seen by replay: which entries of its member's queue
+/// replay must not queue again.
+struct ReplayDrop {
+    group_id: GroupId,
+    sender: u32,
+    seq: u64,
+    through: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -318,6 +338,17 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     dedupe: HashMap<(u32, MessageId), Receipt>,
     dedupe_order: VecDeque<(u64, u32, MessageId)>,
     newest_dist: HashMap<(u32, u32, u32), u64>,
+    /// The live drop record of each gap entry, by (member, gap seq).
+    drop_records: BTreeMap<(u32, u64), DropRec>,
+    /// Gap entries changed since the last `flush_drops`, by (member, gap
+    /// seq): the highest sequence number dropped into each.
+    dirty_gaps: IdMap<(u32, u64), u64>,
+    /// Records of dropped messages, released once `flush_drops` has
+    /// appended the drop records that count them.
+    deferred_releases: Vec<RecordId>,
+    /// During replay only: each member's drop records, with the highest
+    /// `through` among them.
+    replay_drops: IdMap<u32, (u64, Vec<ReplayDrop>)>,
     next_lsn: u64,
     held: VecDeque<HeldReceipt>,
     registrations: TokenBucket,
@@ -392,6 +423,10 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
             newest_dist: HashMap::new(),
+            drop_records: BTreeMap::new(),
+            dirty_gaps: IdMap::default(),
+            deferred_releases: Vec::new(),
+            replay_drops: IdMap::default(),
             next_lsn: 1,
             held: VecDeque::new(),
             registrations,
@@ -653,10 +688,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         }
     }
 
-    /// Runs expiry, dedupe pruning and compaction now (also done by
-    /// `handle_timeout` every maintenance interval).
+    /// Runs expiry, the drop records of this interval's gaps, dedupe
+    /// pruning and compaction now (also done by `handle_timeout` every
+    /// maintenance interval).
     pub fn maintain(&mut self, unix_ms: u64) {
         self.expire(unix_ms);
+        self.flush_drops(unix_ms);
         self.prune_dedupe(unix_ms);
         self.copy_forward();
         if let Err(e) = self.store.compact() {

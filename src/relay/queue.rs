@@ -6,6 +6,9 @@
 //! a gap entry for its (group, sender), or adds to such a gap entry that no
 //! session has been sent yet, so the number of gap entries is bounded by the
 //! number of distinct (group, sender) pairs with drops since the last push.
+//! Every drop reports where it landed ([`Dropped`]) so the core can write
+//! the drop record (`records.rs`, kind `DROP`) that makes the gap survive a
+//! restart.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,6 +41,17 @@ pub(crate) struct Gap {
     pub(crate) group: u32,
     pub(crate) sender: u32,
     pub(crate) count: u32,
+}
+
+/// One message entry dropped from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// Index of the dropped message in the core's message table.
+    pub(crate) msg: u32,
+    /// Sequence number of the dropped entry.
+    pub(crate) seq: u64,
+    /// Sequence number of the gap entry it became or was merged into.
+    pub(crate) gap_seq: u64,
 }
 
 /// What a drop decision says about one message entry.
@@ -76,6 +90,18 @@ impl Queue {
         self.entries.back().map(|e| e.seq)
     }
 
+    /// The gap entry at sequence number `seq`, if there is one.
+    pub(crate) fn gap_at(&self, seq: u64) -> Option<Gap> {
+        let i = self.entries.partition_point(|e| e.seq < seq);
+        match self.entries.get(i) {
+            Some(Entry {
+                seq: s,
+                item: Item::Gap(g),
+            }) if *s == seq => Some(*g),
+            _ => None,
+        }
+    }
+
     /// Index of the first entry with a sequence number above `seq`.
     ///
     /// A session that keeps up asks for the few newest entries: those are
@@ -110,6 +136,19 @@ impl Queue {
         }
     }
 
+    /// Appends a gap entry (replay of a drop record); `seq` must exceed
+    /// every queued one, else nothing happens and false is returned.
+    pub(crate) fn push_gap(&mut self, seq: u64, gap: Gap) -> bool {
+        if self.last_seq().is_some_and(|l| l >= seq) {
+            return false;
+        }
+        self.entries.push_back(Entry {
+            seq,
+            item: Item::Gap(gap),
+        });
+        true
+    }
+
     /// Removes every entry with `seq <= up_to`, calling `released` with each
     /// message index removed.
     pub(crate) fn ack(&mut self, up_to: u64, mut released: impl FnMut(u32)) {
@@ -129,32 +168,36 @@ impl Queue {
 
     /// Drops the oldest capped entry (over the cap), turning it into a gap.
     /// `pushed` is the highest sequence number any session of this member
-    /// has been sent: a gap entry above it can still grow. Returns the
-    /// dropped message index.
+    /// has been sent: a gap entry above it can still grow. Returns what was
+    /// dropped and where it went.
     pub(crate) fn evict_oldest(
         &mut self,
         pushed: u64,
         attribute: impl Fn(u32) -> (u32, u32),
-    ) -> Option<u32> {
+    ) -> Option<Dropped> {
         let idx = self
             .entries
             .iter()
             .position(|e| matches!(e.item, Item::Msg { capped: true, .. }))?;
-        let Some(Item::Msg { msg, .. }) = self.entries.get(idx).map(|e| e.item) else {
+        let Some(&Entry {
+            seq,
+            item: Item::Msg { msg, .. },
+        }) = self.entries.get(idx)
+        else {
             return None;
         };
         let (group, sender) = attribute(msg);
-        self.drop_at(idx, pushed, group, sender, None);
-        Some(msg)
+        let (_, gap_seq) = self.drop_at(idx, pushed, group, sender, None);
+        Some(Dropped { msg, seq, gap_seq })
     }
 
     /// Walks the queue from the front, dropping entries the verdict says to
-    /// drop, until it says stop. Calls `dropped` with each message index.
+    /// drop, until it says stop. Calls `dropped` with each drop.
     pub(crate) fn drop_while(
         &mut self,
         pushed: u64,
         mut verdict: impl FnMut(u32) -> Verdict,
-        mut dropped: impl FnMut(u32),
+        mut dropped: impl FnMut(Dropped),
     ) {
         // Unsent gaps seen so far, by (group, sender): all before `idx`, so
         // removing the entry at `idx` never moves them.
@@ -175,18 +218,25 @@ impl Queue {
                 Verdict::Stop => break,
                 Verdict::Keep => idx += 1,
                 Verdict::Drop { group, sender } => {
-                    if self.drop_at(idx, pushed, group, sender, Some(&mut open_gaps)) {
+                    let (stayed, gap_seq) =
+                        self.drop_at(idx, pushed, group, sender, Some(&mut open_gaps));
+                    if stayed {
                         idx += 1;
                     }
-                    dropped(msg);
+                    dropped(Dropped {
+                        msg,
+                        seq: e.seq,
+                        gap_seq,
+                    });
                 }
             }
         }
     }
 
     /// Replaces the message entry at `idx` by a gap, or merges it into an
-    /// earlier, unsent gap of the same (group, sender). Returns true if the
-    /// entry stayed (as a gap) at `idx`, false if it was removed.
+    /// earlier, unsent gap of the same (group, sender). Returns whether the
+    /// entry stayed (as a gap) at `idx` (false: it was removed), and the
+    /// sequence number of the gap entry that now counts it.
     fn drop_at(
         &mut self,
         idx: usize,
@@ -194,7 +244,8 @@ impl Queue {
         group: u32,
         sender: u32,
         open_gaps: Option<&mut HashMap<(u32, u32), usize>>,
-    ) -> bool {
+    ) -> (bool, u64) {
+        let seq = self.entries.get(idx).map_or(0, |e| e.seq);
         if let Some(Entry {
             item: Item::Msg { capped: true, .. },
             ..
@@ -211,12 +262,14 @@ impl Queue {
         };
         if let Some(j) = mergeable
             && let Some(Entry {
-                item: Item::Gap(g), ..
+                seq: gap_seq,
+                item: Item::Gap(g),
             }) = self.entries.get_mut(j)
         {
             g.count = g.count.saturating_add(1);
+            let gap_seq = *gap_seq;
             self.entries.remove(idx);
-            return false;
+            return (false, gap_seq);
         }
         if let Some(e) = self.entries.get_mut(idx) {
             e.item = Item::Gap(Gap {
@@ -230,7 +283,7 @@ impl Queue {
                 map.insert((group, sender), idx);
             }
         }
-        true
+        (true, seq)
     }
 }
 
@@ -256,12 +309,13 @@ mod tests {
             q.push(s, u32::try_from(s).unwrap(), true);
         }
         assert_eq!(q.capped(), 4);
-        assert_eq!(q.evict_oldest(0, |_| (0, 7)), Some(2));
-        assert_eq!(q.evict_oldest(0, |_| (0, 7)), Some(3));
+        let d = |msg, seq, gap_seq| Some(Dropped { msg, seq, gap_seq });
+        assert_eq!(q.evict_oldest(0, |_| (0, 7)), d(2, 2, 2));
+        assert_eq!(q.evict_oldest(0, |_| (0, 7)), d(3, 3, 2));
         assert_eq!(gaps(&q), vec![(2, 2)]);
         assert_eq!(q.capped(), 2);
         // Once the gap was sent (pushed >= 2) a new gap starts.
-        assert_eq!(q.evict_oldest(2, |_| (0, 7)), Some(4));
+        assert_eq!(q.evict_oldest(2, |_| (0, 7)), d(4, 4, 4));
         assert_eq!(gaps(&q), vec![(2, 2), (4, 1)]);
         let mut released = Vec::new();
         q.ack(4, |m| released.push(m));
@@ -301,10 +355,28 @@ mod tests {
                 },
                 _ => Verdict::Stop,
             },
-            |m| dropped.push(m),
+            |d| dropped.push((d.msg, d.gap_seq)),
         );
-        assert_eq!(dropped, vec![2, 3]);
+        assert_eq!(dropped, vec![(2, 2), (3, 2)]);
         assert_eq!(gaps(&q), vec![(2, 2)]);
         assert_eq!(q.capped(), 2);
+    }
+
+    #[test]
+    fn push_gap_keeps_the_order() {
+        let mut q = Queue::default();
+        q.push(5, 1, true);
+        let g = Gap {
+            group: 1,
+            sender: 2,
+            count: 3,
+        };
+        assert!(!q.push_gap(5, g));
+        assert!(q.push_gap(6, g));
+        assert_eq!(gaps(&q), vec![(6, 3)]);
+        assert_eq!(q.gap_at(6), Some(g));
+        assert_eq!(q.gap_at(5), None);
+        assert_eq!(q.gap_at(7), None);
+        assert_eq!(q.capped(), 1);
     }
 }

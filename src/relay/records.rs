@@ -12,7 +12,16 @@
 //! GROUP_MESSAGE  lsn u64 ‖ epoch u64 ‖ entry body (kind 1)
 //! DIRECT         lsn u64 ‖ recipient u32 ‖ entry body (kind 2, 3 or 4)
 //! ACK            lsn u64 ‖ user u32 ‖ up_to u64
+//! DROP           lsn u64 ‖ member u32 ‖ seq u64 ‖ group id [16] ‖ sender u32
+//!                ‖ count u32 ‖ through u64
 //! ```
+//!
+//! A DROP record is the gap entry at `seq` in `member`'s queue: `count`
+//! entries from (`group`, `sender`) were dropped there (absolute: a newer
+//! record for the same (member, seq) replaces an older one), and every
+//! capped entry of `member` with a sequence number up to `through` is gone
+//! (dropped or acked), so replay does not queue (and drop again) one whose
+//! record survives.
 //!
 //! The entry body is [`crate::wire::put_entry_body`]'s layout: a delivery is
 //! a deliver header plus a copy of those bytes. User numbers (`u32`) are the
@@ -31,6 +40,8 @@ pub(crate) const KIND_GROUP_MESSAGE: u8 = 3;
 pub(crate) const KIND_DIRECT: u8 = 4;
 /// Record kind: a user's cumulative ack advanced.
 pub(crate) const KIND_ACK: u8 = 5;
+/// Record kind: entries were dropped from a member's queue (a gap entry).
+pub(crate) const KIND_DROP: u8 = 6;
 
 /// Offset of the entry body in a commit record.
 pub(crate) const COMMIT_BODY_OFFSET: u8 = 8;
@@ -122,6 +133,64 @@ pub(crate) fn parse_ack(payload: &[u8]) -> Result<(u32, u64), DecodeError> {
     Ok((user, up_to))
 }
 
+/// A drop record's fields (after the lsn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DropRecord {
+    /// Account number of the member whose queue dropped entries.
+    pub(crate) member: u32,
+    /// Sequence number of the gap entry in that queue.
+    pub(crate) seq: u64,
+    /// The group the dropped entries belong to.
+    pub(crate) group_id: GroupId,
+    /// Account number of their sender.
+    pub(crate) sender: u32,
+    /// Entries the gap entry stands for (its whole count, not an increment).
+    pub(crate) count: u32,
+    /// Every capped entry of `member` up to this sequence number is gone.
+    pub(crate) through: u64,
+}
+
+/// Length of a drop record's payload.
+pub(crate) const DROP_LEN: usize = 8 + 4 + 8 + 16 + 4 + 4 + 8;
+
+/// Encodes a drop record.
+pub(crate) fn drop_record(lsn: u64, d: &DropRecord) -> [u8; DROP_LEN] {
+    let mut out = [0u8; DROP_LEN];
+    let parts: [&[u8]; 7] = [
+        &lsn.to_be_bytes(),
+        &d.member.to_be_bytes(),
+        &d.seq.to_be_bytes(),
+        &d.group_id,
+        &d.sender.to_be_bytes(),
+        &d.count.to_be_bytes(),
+        &d.through.to_be_bytes(),
+    ];
+    let mut at = 0;
+    for p in parts {
+        if let Some(dst) = out.get_mut(at..at + p.len()) {
+            dst.copy_from_slice(p);
+        }
+        at += p.len();
+    }
+    out
+}
+
+/// Parses a drop record.
+pub(crate) fn parse_drop(payload: &[u8]) -> Result<DropRecord, DecodeError> {
+    let mut r = Reader::new(payload);
+    r.u64("lsn")?;
+    let d = DropRecord {
+        member: r.u32("member")?,
+        seq: r.u64("seq")?,
+        group_id: r.array("group id")?,
+        sender: r.u32("sender")?,
+        count: r.u32("count")?,
+        through: r.u64("through")?,
+    };
+    r.finish()?;
+    Ok(d)
+}
+
 /// Parses the fixed prefix of a group message: its epoch.
 #[cfg(test)]
 pub(crate) fn group_epoch(payload: &[u8]) -> Result<u64, DecodeError> {
@@ -150,6 +219,20 @@ mod tests {
         let k = ack(9, 3, 55);
         assert_eq!(lsn(&k), Some(9));
         assert_eq!(parse_ack(&k).unwrap(), (3, 55));
+        let d = DropRecord {
+            member: 2,
+            seq: 40,
+            group_id: [6; 16],
+            sender: 1,
+            count: 7,
+            through: 52,
+        };
+        let p = drop_record(60, &d);
+        assert_eq!(lsn(&p), Some(60));
+        assert_eq!(parse_drop(&p).unwrap(), d);
+        assert_eq!(&p[12..20], &40u64.to_be_bytes());
+        assert_eq!(&p[20..36], &[6; 16]);
+        assert!(parse_drop(&p[..DROP_LEN - 1]).is_err());
         let mut g = Vec::new();
         g.extend_from_slice(&1u64.to_be_bytes());
         g.extend_from_slice(&4u64.to_be_bytes());

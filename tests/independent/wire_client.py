@@ -60,7 +60,7 @@ READ_TIMEOUT = 5.0      # seconds, every socket read
 PINNED_RELAY_KEY = None  # --relay-key: compared with every hello's relay_key
 # What the Python users did that the relay must have recorded (3.6), for
 # --facts / --verify-records: hex strings, JSON-ready.
-FACTS = dict(accounts={}, refused_names=[], messages=[], commits=[], acks=[])
+FACTS = dict(accounts={}, refused_names=[], messages=[], commits=[], acks=[], gaps=[])
 CHECKS = []             # (name) of every check that passed
 
 
@@ -1361,6 +1361,9 @@ def gap_scenario(addr, cap):
            'the gap notice comes before the kept messages')
     ok(f'queue cap {cap}: {extra} oldest dropped, one gap notice (group, sender, count '
        f'{extra}) before the rest, opened with the gap allowance (2.6)')
+    # Bob did not ack it: the relay must keep it as a drop record (3.6).
+    FACTS['gaps'].append(dict(member=bob.name, seq=gap['seq'], group=gid.hex(),
+                              sender=alice.name, count=extra, through=sent[extra - 1]))
 
 
 # ---------------------------------------------------------------- Rust CLI
@@ -1632,6 +1635,11 @@ def verify_records(data_dir, facts):
             expect(rec['kind'] in (2, 3, 4), 'direct record: entry kind 2, 3 or 4')
         elif kind == 5:
             rec = dict(user=r.int(4), up_to=r.int(8))
+        elif kind == 6:
+            rec = dict(member=r.int(4), seq=r.int(8), group=r.take(16).hex(),
+                       sender=r.int(4), count=r.int(4), through=r.int(8))
+            expect(rec['count'] >= 1 and rec['seq'] <= rec['through'] < lsn,
+                   f'drop record: count >= 1, seq <= through < its own lsn: {rec}')
         else:
             raise Fail(f'record kind {kind}')
         r.end()
@@ -1685,6 +1693,30 @@ def verify_records(data_dir, facts):
         expect(mine and max(mine) == up_to, f'ack record of {user}: {mine} vs {up_to}')
     expect(all(x['up_to'] <= max(by_lsn) for x in ack_recs), 'no ack beyond assigned seqs')
     ok(f'ack records: account number and cumulative position ({len(acks)} users)')
+    verify_drop_records(recs, names, facts.get('gaps', []))
+
+
+def verify_drop_records(recs, names, gaps):
+    """3.6 kind 6: each gap notice the Python users were sent and did not
+    ack is stored as a drop record (member, seq, group, sender, count, and
+    `through`: the highest seq among the dropped entries it counts)."""
+    drops = [x for x in recs if x['record_kind'] == 6]
+    groups = {x['group'] for x in recs if x['record_kind'] == 2}
+    for d in drops:
+        expect(d['member'] < len(names) and d['sender'] < len(names),
+               f'drop record account numbers: {d}')
+        expect(d['group'] in groups, f'drop record names a group with a commit: {d}')
+    newest = {}
+    for d in drops:                  # recs are in lsn order: the newest wins
+        newest[(d['member'], d['seq'])] = d
+    for g in gaps:
+        d = newest.get((names.index(g['member']), g['seq']))
+        expect(d is not None, f'a drop record for the gap notice {g}')
+        expect(d['group'] == g['group'] and names[d['sender']] == g['sender']
+               and d['count'] == g['count'] and d['through'] == g['through'],
+               f'drop record {d} matches the notice {g}')
+    ok(f'drop records: {len(gaps)} gap notices matched (member, seq, group, sender, count, '
+       f'through) among {len(drops)} read')
 
 
 # ---------------------------------------------------------------- main
@@ -1740,6 +1772,9 @@ def main():
         check_wire_vectors()
         if args.queue_cap:
             gap_scenario(addr, args.queue_cap)
+            if args.facts:
+                with open(args.facts, 'w') as f:
+                    json.dump(FACTS, f)
             print(f'all {len(CHECKS)} checks passed', flush=True)
             return 0
         Conn(addr).close()

@@ -1,6 +1,20 @@
 //! State changes shared by live requests and replay: each `install_*`
 //! applies one stored record; replay calls them in lsn order, so a restart
 //! rebuilds exactly the accounts, rosters and queues the records describe.
+//!
+//! Gaps: a drop from a member's queue (over the cap, past the time to live)
+//! is noted in `dirty_gaps`, and the dropped message's record, if that was
+//! its last reference, goes to `deferred_releases` instead of being
+//! released. `flush_drops` (each maintenance pass, and after replay)
+//! appends one DROP record per changed gap entry, then releases those
+//! records: compaction cannot delete a dropped message before the record
+//! that counts it exists (and is durable, by the store's compaction rule).
+//! A crash before the flush leaves the messages' records in the store, and
+//! replay re-derives the drop from them as it always did. Replay reads the
+//! DROP records first: it puts each gap entry back at its sequence number
+//! and does not queue again the entries a record counts (else a dropped
+//! message whose record survives for another member would be counted
+//! twice).
 
 use super::*;
 
@@ -9,14 +23,46 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         let mut report = ReplayReport::default();
         let mut list: Vec<(u64, RecordId)> = Vec::new();
         let mut unreadable = 0u64;
+        let mut drops: Vec<(u64, records::DropRecord)> = Vec::new();
         self.store.replay(&mut |r| match records::lsn(r.payload) {
-            Some(l) => list.push((l, r.id)),
+            Some(l) => {
+                list.push((l, r.id));
+                if r.kind == records::KIND_DROP
+                    && let Ok(d) = records::parse_drop(r.payload)
+                {
+                    drops.push((l, d));
+                }
+            }
             None => unreadable += 1,
         });
         report.skipped = unreadable;
         list.sort_unstable();
+        // The newest record of each gap entry (member, seq) is its count.
+        drops.sort_unstable_by_key(|(l, d)| (d.member, d.seq, *l));
+        let mut gaps: Vec<records::DropRecord> = Vec::with_capacity(drops.len());
+        for (_, d) in drops {
+            if let Some(last) = gaps.last_mut()
+                && (last.member, last.seq) == (d.member, d.seq)
+            {
+                *last = d;
+            } else {
+                gaps.push(d);
+            }
+        }
+        for d in &gaps {
+            let (through, list) = self.replay_drops.entry(d.member).or_default();
+            *through = (*through).max(d.through);
+            list.push(ReplayDrop {
+                group_id: d.group_id,
+                sender: d.sender,
+                seq: d.seq,
+                through: d.through,
+            });
+        }
+        gaps.sort_unstable_by_key(|d| std::cmp::Reverse(d.seq));
         let mut buf = Vec::new();
         for (idx, &(lsn, id)) in list.iter().enumerate() {
+            self.replay_gaps_up_to(&mut gaps, lsn);
             if list.get(idx + 1).is_some_and(|next| next.0 == lsn) {
                 // An older copy of a record that was copied forward.
                 self.store.release(id);
@@ -37,7 +83,13 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             }
             self.next_lsn = self.next_lsn.max(lsn.saturating_add(1));
         }
+        self.replay_gaps_up_to(&mut gaps, u64::MAX);
+        self.replay_drops = IdMap::default();
         self.expire(unix_ms);
+        // Drops replay re-derived (their messages' records survived a crash
+        // before the flush) get their records now, before the compaction
+        // that `open` runs next.
+        self.flush_drops(unix_ms);
         self.prune_dedupe(unix_ms);
         report.accounts = self.users.len();
         report.groups = self.groups.len();
@@ -112,6 +164,21 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 );
                 true
             }
+            records::KIND_DROP => {
+                let Ok(d) = records::parse_drop(payload) else {
+                    return false;
+                };
+                let Some(user) = self.users.get(d.member as usize) else {
+                    return false;
+                };
+                if d.through <= user.acked {
+                    // Acked past everything it counts: not needed.
+                    self.store.release(id);
+                } else {
+                    self.keep_drop_record(id, d.member, d.seq, d.through);
+                }
+                true
+            }
             records::KIND_ACK => {
                 let Ok((user, up_to)) = records::parse_ack(payload) else {
                     return false;
@@ -128,6 +195,66 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             }
             _ => false,
         }
+    }
+
+    /// Puts back, in sequence order, the gap entries of the drop records
+    /// (`gaps`, highest seq last-out: sorted by descending seq) whose
+    /// sequence number is at most `up_to`.
+    fn replay_gaps_up_to(&mut self, gaps: &mut Vec<records::DropRecord>, up_to: u64) {
+        while let Some(d) = gaps.last().copied() {
+            if d.seq > up_to {
+                break;
+            }
+            gaps.pop();
+            let group = self.by_group_id.get(&d.group_id).copied();
+            let sender_known = (d.sender as usize) < self.users.len();
+            let placed = match (group, self.users.get_mut(d.member as usize)) {
+                (Some(group), Some(user)) if sender_known => user.queue.push_gap(
+                    d.seq,
+                    Gap {
+                        group,
+                        sender: d.sender,
+                        count: d.count,
+                    },
+                ),
+                _ => false,
+            };
+            if !placed {
+                tracing::warn!(
+                    "replay: drop record of member {} at seq {} does not fit",
+                    d.member,
+                    d.seq
+                );
+            }
+        }
+    }
+
+    /// During replay: true if a drop record says entry `seq` of `uid`'s
+    /// queue (message `m`) was dropped, so it must not be queued again. A
+    /// capped entry is, if its (group, sender) has a gap at or before it
+    /// that counts up to it or beyond (every capped entry up to a dropped
+    /// one is gone: drops take the oldest first); an uncapped one (a
+    /// distribution, dropped past the time to live) only if it is the
+    /// entry the gap replaced.
+    fn dropped_on_replay(&self, uid: u32, seq: u64, m: u32, capped: bool) -> bool {
+        let Some((through, list)) = self.replay_drops.get(&uid) else {
+            return false;
+        };
+        if seq > *through {
+            return false;
+        }
+        let Some(msg) = self.msgs.get(m as usize) else {
+            return false;
+        };
+        let Some(group) = self.groups.get(msg.group as usize) else {
+            return false;
+        };
+        let gid = group.state.group_id();
+        list.iter().any(|d| {
+            d.sender == msg.sender
+                && d.group_id == *gid
+                && (seq == d.seq || capped && d.seq <= seq && seq <= d.through)
+        })
     }
 
     /// Sender and group of a stored entry body.
@@ -356,6 +483,9 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     }
 
     pub(super) fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
+        if !self.replay_drops.is_empty() && self.dropped_on_replay(uid, seq, m, capped) {
+            return;
+        }
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };
@@ -373,9 +503,9 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                         .map_or((0, 0), |x| (x.group, x.sender))
                 })
             });
-            if let Some(ev) = evicted {
+            if let Some(d) = evicted {
                 self.stats.dropped_over_cap += 1;
-                self.unref(ev);
+                self.note_drop(uid, d);
             }
         }
         self.mark_sessions_ready(uid);
@@ -396,23 +526,45 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     }
 
     fn unref(&mut self, m: u32) {
-        let Some(msg) = self.msgs.get_mut(m as usize) else {
-            return;
-        };
+        if let Some(record) = self.unref_forget(m) {
+            self.store.release(record);
+        }
+    }
+
+    /// A drop from `uid`'s queue: the gap it landed in needs a (new) drop
+    /// record, and the message's record, if this was its last reference,
+    /// is released only once that record is appended (`flush_drops`).
+    fn note_drop(&mut self, uid: u32, d: Dropped) {
+        let through = self.dirty_gaps.entry((uid, d.gap_seq)).or_insert(0);
+        *through = (*through).max(d.seq);
+        if let Some(record) = self.unref_forget(d.msg) {
+            self.deferred_releases.push(record);
+        }
+    }
+
+    /// Drops one reference to `m`; if it was the last, forgets the message
+    /// and returns its record for the caller to release.
+    fn unref_forget(&mut self, m: u32) -> Option<RecordId> {
+        let msg = self.msgs.get_mut(m as usize)?;
         msg.refs = msg.refs.saturating_sub(1);
-        self.release_if_unreferenced(m);
+        self.forget_if_unreferenced(m)
     }
 
     fn release_if_unreferenced(&mut self, m: u32) {
+        if let Some(record) = self.forget_if_unreferenced(m) {
+            self.store.release(record);
+        }
+    }
+
+    fn forget_if_unreferenced(&mut self, m: u32) -> Option<RecordId> {
         if self
             .msgs
             .get(m as usize)
             .is_none_or(|msg| msg.refs > 0 || msg.permanent)
         {
-            return;
+            return None;
         }
         let msg = self.msgs.remove(m as usize);
-        self.store.release(msg.record);
         self.owners.remove(&msg.record);
         if let Some(u) = self.users.get_mut(msg.sender as usize) {
             u.quota_used = u.quota_used.saturating_sub(1);
@@ -422,6 +574,73 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             if self.newest_dist.get(&key) == Some(&msg.lsn) {
                 self.newest_dist.remove(&key);
             }
+        }
+        Some(msg.record)
+    }
+
+    /// Keeps `record` as the drop record of the gap entry (`uid`, `seq`),
+    /// releasing the one it replaces.
+    fn keep_drop_record(&mut self, record: RecordId, uid: u32, seq: u64, through: u64) {
+        self.owners.insert(record, Owner::Drop(uid));
+        if let Some(old) = self
+            .drop_records
+            .insert((uid, seq), DropRec { record, through })
+        {
+            self.store.release(old.record);
+            self.owners.remove(&old.record);
+        }
+    }
+
+    /// Appends a drop record for every gap entry that changed since the
+    /// last call (its whole count, and the highest sequence number it
+    /// counts), then releases the dropped messages' records (see the module
+    /// doc). Uses the store's reserve: each record lets dropped messages'
+    /// records go, and a member has at most one live drop record per gap
+    /// entry. If an append fails, what is left is kept for the next call.
+    pub(super) fn flush_drops(&mut self, unix_ms: u64) {
+        if self.dirty_gaps.is_empty() && self.deferred_releases.is_empty() {
+            return;
+        }
+        let mut dirty: Vec<((u32, u64), u64)> = self.dirty_gaps.drain().collect();
+        dirty.sort_unstable();
+        for (i, &((uid, seq), through)) in dirty.iter().enumerate() {
+            let gap = self
+                .users
+                .get(uid as usize)
+                .and_then(|u| u.queue.gap_at(seq));
+            // No gap any more: the member acked past it.
+            if let Some(gap) = gap
+                && let Some(group) = self.groups.get(gap.group as usize)
+            {
+                let prev = self.drop_records.get(&(uid, seq)).map_or(0, |r| r.through);
+                let d = records::DropRecord {
+                    member: uid,
+                    seq,
+                    group_id: *group.state.group_id(),
+                    sender: gap.sender,
+                    count: gap.count,
+                    through: through.max(prev),
+                };
+                let payload = records::drop_record(self.next_lsn, &d);
+                match self
+                    .store
+                    .append_reserved(records::KIND_DROP, unix_ms, &payload)
+                {
+                    Ok(record) => {
+                        self.take_lsn();
+                        self.keep_drop_record(record, uid, seq, d.through);
+                    }
+                    Err(e) => {
+                        tracing::warn!("drop records stopped (retried next pass): {e}");
+                        self.dirty_gaps
+                            .extend(dirty.get(i..).unwrap_or_default().iter().copied());
+                        return;
+                    }
+                }
+            }
+        }
+        for record in std::mem::take(&mut self.deferred_releases) {
+            self.store.release(record);
         }
     }
 
@@ -448,6 +667,20 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             self.unref(m);
         }
         self.scratch_msgs = released;
+        if !self.drop_records.is_empty() {
+            let done: Vec<(u32, u64)> = self
+                .drop_records
+                .range((uid, 0)..=(uid, u64::MAX))
+                .filter(|(_, r)| r.through <= up_to)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in done {
+                if let Some(r) = self.drop_records.remove(&k) {
+                    self.store.release(r.record);
+                    self.owners.remove(&r.record);
+                }
+            }
+        }
     }
 
     /// Drops every entry older than the time to live, except commits and
@@ -455,7 +688,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     /// notices in their place.
     pub(super) fn expire(&mut self, unix_ms: u64) {
         let cutoff = unix_ms.saturating_sub(self.config.ttl_ms);
-        let mut dropped = std::mem::take(&mut self.scratch_msgs);
+        let mut dropped: Vec<Dropped> = Vec::new();
         for uid in 0..self.users.len() {
             dropped.clear();
             let Some(user) = self.users.get(uid) else {
@@ -486,18 +719,18 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                             }
                         }
                     },
-                    |m| dropped.push(m),
+                    |d| dropped.push(d),
                 );
             }
             if !dropped.is_empty() {
                 self.stats.dropped_expired += dropped.len() as u64;
-                for &m in &dropped {
-                    self.unref(m);
+                let uid = u32::try_from(uid).unwrap_or(NO_USER);
+                for &d in &dropped {
+                    self.note_drop(uid, d);
                 }
-                self.mark_sessions_ready(u32::try_from(uid).unwrap_or(NO_USER));
+                self.mark_sessions_ready(uid);
             }
         }
-        self.scratch_msgs = dropped;
     }
 
     pub(super) fn dedupe_insert(&mut self, user: u32, message_id: MessageId, r: Receipt) {
@@ -530,7 +763,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     /// the log is live, copying it gains no space.
     pub(super) fn copy_forward(&mut self) {
         let stats = self.store.stats();
-        if stats.live_records.saturating_mul(2) >= stats.records {
+        if stats.live_records.saturating_mul(2) >= stats.records
+            || !self.deferred_releases.is_empty()
+        {
+            // (Records waiting for their drop records have no owner: they
+            // must be neither released nor copied here.)
             return;
         }
         let ids = self.store.pinning_oldest(self.config.copy_forward_batch);
@@ -569,6 +806,16 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 Owner::Ack(u) => {
                     if let Some(user) = self.users.get_mut(u as usize) {
                         user.ack_record = Some(new);
+                    }
+                }
+                Owner::Drop(u) => {
+                    if let Some(r) = self
+                        .drop_records
+                        .range_mut((u, 0)..=(u, u64::MAX))
+                        .map(|(_, r)| r)
+                        .find(|r| r.record == id)
+                    {
+                        r.record = new;
                     }
                 }
             }
