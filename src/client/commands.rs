@@ -55,31 +55,63 @@ pub fn default_state_root() -> PathBuf {
     PathBuf::from("hermes-state")
 }
 
-/// Reads a passphrase without echo from the terminal (`stty -echo` on
-/// `/dev/tty`, restored afterwards).
+/// Reads a passphrase without echo from the terminal (`/dev/tty`).
 fn prompt(text: &str) -> CmdResult<Zeroizing<String>> {
-    let mut tty = std::fs::OpenOptions::new()
+    let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
         .map_err(|e| format!("no terminal to ask for the passphrase ({e}); set HERMES_PASSPHRASE or --passphrase-file"))?;
-    let stty = |arg: &str, tty: &std::fs::File| {
-        tty.try_clone().ok().and_then(|t| {
-            std::process::Command::new("stty")
-                .arg(arg)
-                .stdin(t)
-                .status()
-                .ok()
-        })
-    };
-    write!(tty, "{text}")?;
-    tty.flush()?;
-    stty("-echo", &tty);
-    let mut line = Zeroizing::new(String::new());
-    let r = std::io::BufReader::new(tty.try_clone()?).read_line(&mut line);
-    stty("echo", &tty);
-    writeln!(tty)?;
-    r?;
+    Ok(prompt_on(&tty, text)?)
+}
+
+/// Echo turned off on a terminal (`tcsetattr`); the saved settings are put
+/// back when this is dropped, so every way out of the prompt (an I/O
+/// error, end of input, a panic unwinding) restores them.
+struct EchoOff<'a> {
+    tty: &'a std::fs::File,
+    saved: rustix::termios::Termios,
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(tty: &'a std::fs::File) -> std::io::Result<Self> {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(tty)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        // As `stty -echo` does: after the output queued so far is written.
+        tcsetattr(tty, OptionalActions::Drain, &quiet)?;
+        Ok(Self { tty, saved })
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            self.tty,
+            rustix::termios::OptionalActions::Drain,
+            &self.saved,
+        );
+    }
+}
+
+/// Shows `text` on the terminal `tty` and reads one line with echo off
+/// (turned off before the prompt appears, so nothing typed after it shows).
+fn prompt_on(tty: &std::fs::File, text: &str) -> std::io::Result<Zeroizing<String>> {
+    // Room for any sane passphrase, so the string does not grow and leave
+    // copies behind; a one-byte read buffer keeps no copy either (a
+    // terminal in canonical mode hands out the line as it is read).
+    let mut line = Zeroizing::new(String::with_capacity(1024));
+    {
+        let _echo_off = EchoOff::new(tty)?;
+        let mut out = tty;
+        write!(out, "{text}")?;
+        out.flush()?;
+        std::io::BufReader::with_capacity(1, tty).read_line(&mut line)?;
+    }
+    // The Enter the user typed was not echoed.
+    let mut out = tty;
+    writeln!(out)?;
     while line.ends_with('\n') || line.ends_with('\r') {
         line.pop();
     }
@@ -402,6 +434,92 @@ pub fn stdin_is_terminal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pseudo-terminal: the master side (what a terminal emulator reads
+    /// and writes, non-blocking here) and the path of the slave side.
+    fn pty() -> (std::fs::File, std::ffi::CString) {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        rustix::io::ioctl_fionbio(&master, true).unwrap();
+        (std::fs::File::from(master), name)
+    }
+
+    fn open_slave(name: &std::ffi::CStr, access: rustix::fs::OFlags) -> std::fs::File {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            name,
+            access | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        std::fs::File::from(fd)
+    }
+
+    fn echo_on(tty: &std::fs::File) -> bool {
+        let t = rustix::termios::tcgetattr(tty).unwrap();
+        t.local_modes.contains(rustix::termios::LocalModes::ECHO)
+    }
+
+    /// Reads the master until `out` contains `want` (bounded).
+    fn read_until(master: &mut std::fs::File, out: &mut String, want: &str) {
+        let mut buf = [0u8; 256];
+        for _ in 0..10_000 {
+            if out.contains(want) {
+                return;
+            }
+            match master.read(&mut buf) {
+                Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("reading the pty master: {e}"),
+            }
+        }
+        panic!("{want:?} never came; got {out:?}");
+    }
+
+    #[test]
+    fn the_prompt_reads_a_line_with_echo_off_and_restores_it() {
+        use rustix::fs::OFlags;
+        let (mut master, name) = pty();
+        let watch = open_slave(&name, OFlags::RDWR);
+        assert!(echo_on(&watch));
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
+        let mut screen = String::new();
+        read_until(&mut master, &mut screen, "passphrase: ");
+        // The prompt shows only once echo is off.
+        assert!(!echo_on(&watch));
+        master.write_all(b"hunter2\n").unwrap();
+        let got = asking.join().unwrap().unwrap();
+        assert_eq!(got.as_str(), "hunter2");
+        assert!(echo_on(&watch));
+        // What the user saw: the prompt and the newline written after the
+        // answer; an echo of the answer would have come before it.
+        read_until(&mut master, &mut screen, "\n");
+        assert_eq!(screen, "passphrase: \r\n");
+    }
+
+    #[test]
+    fn the_prompt_restores_echo_when_reading_fails() {
+        use rustix::fs::OFlags;
+        let (mut master, name) = pty();
+        let watch = open_slave(&name, OFlags::RDWR);
+        // Write-only: the prompt goes out (with echo off), then the read
+        // fails (EBADF).
+        let tty = open_slave(&name, OFlags::WRONLY);
+        let e = prompt_on(&tty, "passphrase: ").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::BADF.raw_os_error())
+        );
+        let mut screen = String::new();
+        read_until(&mut master, &mut screen, "passphrase: ");
+        assert!(echo_on(&watch));
+    }
 
     fn entry(text: &str, notice: bool) -> InboxEntry {
         InboxEntry {
