@@ -1357,6 +1357,83 @@ mod tests {
     }
 
     #[test]
+    fn poll_ready_reads_at_most_the_drain_limit_and_leaves_the_socket_blocking() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let tmp = tempfile::tempdir().unwrap();
+        let kdf = KdfCost::insecure_for_tests(1);
+        let identity = IdentityKeyPair::generate(crate::crypto::dh::DhGroup::Ffdhe2048, &mut rng);
+        StateDir::new(tmp.path(), "al")
+            .unwrap()
+            .create(b"pw", kdf, &ClientState::new("al", identity), &mut rng)
+            .unwrap();
+        let mut cfg = ClientConfig::new("127.0.0.1:1", "al", tmp.path().to_path_buf());
+        cfg.kdf = kdf;
+        let mut client = Client::open(cfg, b"pw", rng).unwrap();
+
+        // A fake relay that has sent more frames than one call reads.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut relay, _) = l.accept().unwrap();
+        let mut bytes = Vec::new();
+        for nonce in 0..(CLIENT_DRAIN_FRAMES as u64 + 76) {
+            bytes.extend_from_slice(&Frame::Pong { nonce }.to_vec());
+        }
+        relay.write_all(&bytes).unwrap();
+        for _ in 0..10_000 {
+            if rustix::io::ioctl_fionread(&stream).unwrap() == bytes.len() as u64 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client.conn = Some(Conn {
+            stream,
+            buf: Vec::new(),
+            hello: HelloInfo {
+                relay_key: [0; 32],
+                dh_group: crate::crypto::dh::DhGroup::Ffdhe2048,
+                challenge: [0; 32],
+            },
+        });
+        let blocking = |c: &Client<_>| {
+            let s = &c.conn.as_ref().unwrap().stream;
+            !rustix::fs::fcntl_getfl(s)
+                .unwrap()
+                .contains(rustix::fs::OFlags::NONBLOCK)
+        };
+        assert_eq!(
+            client.poll_ready().unwrap(),
+            Ready {
+                handled: 0,
+                more: true
+            }
+        );
+        assert!(blocking(&client));
+        assert_eq!(
+            client.poll_ready().unwrap(),
+            Ready {
+                handled: 0,
+                more: false
+            }
+        );
+        assert!(blocking(&client));
+        assert!(client.conn.as_ref().unwrap().buf.is_empty());
+        // A closed connection is an error (once the FIN is in), and the
+        // client drops it.
+        drop(relay);
+        let mut closed = None;
+        for _ in 0..10_000 {
+            if let Err(e) = client.poll_ready() {
+                closed = Some(e);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(closed, Some(ClientError::Io(_))), "{closed:?}");
+        assert!(!client.is_connected());
+    }
+
+    #[test]
     fn a_one_shot_command_gives_up_after_its_attempts() {
         // A port with nothing listening: refused at once, so the attempts
         // cost only the backoff sleeps.
