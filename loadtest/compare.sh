@@ -7,6 +7,8 @@
 #   loadtest/compare.sh                  # all shapes, all targets
 #   SHAPES="1 2" TARGETS="mqtt redis" loadtest/compare.sh
 #   QUICK=1 loadtest/compare.sh          # 2 s runs, 2,000 idle connections
+#   SWARM_ARGS="--ack-interval 1" TARGETS=hermes SHAPES=4 loadtest/compare.sh
+#                                        # extra swarm flags, every target
 #
 # Each server is started fresh for each shape on a free loopback port,
 # pinned to core 0 (taskset), with the swarm pinned to core 1; both are
@@ -159,7 +161,7 @@ for shape in $SHAPES; do
         # shellcheck disable=SC2046
         taskset -c "$SWARM_CPU" "$SWARM" --target "$t" --server "127.0.0.1:$port" \
             --relay-pid "$SERVER_PID" --payload 100 --crypto none --quiet \
-            --json "$dir/report.json" $(shape_args "$shape") >"$dir/swarm.log" 2>&1 || true
+            --json "$dir/report.json" $(shape_args "$shape") ${SWARM_ARGS:-} >"$dir/swarm.log" 2>&1 || true
         stop_server
         if [ ! -s "$dir/report.json" ]; then
             echo "compare.sh: no report for shape $shape on $t; see $dir/swarm.log" >&2
