@@ -1183,6 +1183,48 @@ fn drop_records_survive_power_loss_and_a_full_store() {
     assert!(texts(&got).is_empty(), "{got:?}");
 }
 
+/// A drop record that cannot be appended (a full store with its reserve
+/// used up) is retried at the next pass, and until then the dropped
+/// messages' records stay: nothing is deleted that no record counts.
+#[test]
+fn drop_records_wait_for_space_and_keep_the_messages_meanwhile() {
+    let gid = [11; 16];
+    let (mut sim, _, _, bob, seqs) =
+        offline_bob_over_cap(FaultStore::with_segment_records(1), gid, 5, 1);
+    let store = sim.core.store_mut();
+    store.set_full(true);
+    // Use the reserve up with records of a kind the core does not know,
+    // down to the last bytes.
+    let mut filled = 0;
+    for size in [60_000, 2_000, 100, 1] {
+        while store.append_reserved(99, T0_MS, &vec![0u8; size]).is_ok() {
+            filled += 1;
+            assert!(filled < 1_000, "the reserve is bounded");
+        }
+    }
+    store.sync();
+    sim.core.maintain(sim.unix_ms);
+    sim.core.store_mut().sync();
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(stored(sim.core.store(), RECORD_DROP), 0, "no space for it");
+    assert_eq!(
+        stored(sim.core.store(), RECORD_GROUP_MESSAGE),
+        5,
+        "the dropped messages' records are kept until their drop record exists"
+    );
+    // Space again: the next pass writes it and lets the messages go.
+    sim.core.store_mut().set_full(false);
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(stored(sim.core.store(), RECORD_DROP), 1);
+    sim.core.store_mut().sync();
+    sim.core.maintain(sim.unix_ms);
+    assert_eq!(stored(sim.core.store(), RECORD_GROUP_MESSAGE), 3);
+    let (mut sim, _) = sim.restart();
+    let (_, got) = sim.login(&bob);
+    assert_eq!(gap_notices(&got), vec![(seqs[0], "alice".to_owned(), 2)]);
+    assert_eq!(texts(&got), vec![vec![2u8], vec![3], vec![4]]);
+}
+
 fn ttl_expiry<S: Restart>(store: S) {
     let mut sim = Sim::new(store, RelayConfig::default());
     let (alice, ca) = sim.user("alice");

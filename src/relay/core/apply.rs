@@ -236,6 +236,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     /// one is gone: drops take the oldest first); an uncapped one (a
     /// distribution, dropped past the time to live) only if it is the
     /// entry the gap replaced.
+    #[inline(never)]
     fn dropped_on_replay(&self, uid: u32, seq: u64, m: u32, capped: bool) -> bool {
         let Some((through, list)) = self.replay_drops.get(&uid) else {
             return false;
@@ -424,6 +425,8 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .groups
             .get(g as usize)
             .map_or(0, |grp| grp.members.len());
+        // Replay only: entries a drop record counts are not queued again.
+        let replaying = !self.replay_drops.is_empty();
         for i in 0..n {
             let Some(&u) = self
                 .groups
@@ -432,7 +435,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             else {
                 break;
             };
-            if u != sender {
+            if u != sender && !(replaying && self.dropped_on_replay(u, lsn, m, true)) {
                 self.enqueue(u, lsn, m, true);
             }
         }
@@ -469,7 +472,10 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         if is_distribution {
             self.newest_dist.insert((sender, to, g), lsn);
         }
-        self.enqueue(to, lsn, m, !is_distribution);
+        // Replay only: an entry a drop record counts is not queued again.
+        if self.replay_drops.is_empty() || !self.dropped_on_replay(to, lsn, m, !is_distribution) {
+            self.enqueue(to, lsn, m, !is_distribution);
+        }
         self.release_if_unreferenced(m);
     }
 
@@ -483,9 +489,6 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
     }
 
     pub(super) fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
-        if !self.replay_drops.is_empty() && self.dropped_on_replay(uid, seq, m, capped) {
-            return;
-        }
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };
