@@ -32,7 +32,7 @@ use hermes::crypto::identity::SigningKeyPair;
 use hermes::limits::RELAY_MAX_REPLY_BACKLOG;
 use hermes::mailbox::MemStore;
 use hermes::relay::{CloseReason, ConnId, RelayConfig, RelayCore, ServerConfig, spawn_relay};
-use hermes::wire::{ErrorCode, Frame, register_message};
+use hermes::wire::{EntryKind, ErrorCode, Frame, MessageId, register_message};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use support::{Got, RawClient, User, mid};
@@ -485,6 +485,57 @@ fn a_burst_of_handshakes_is_served_in_turns() {
     }
     me.send(&Frame::Ping { nonce: 4 });
     assert_eq!(me.recv(), Some(Got::Pong { nonce: 4 }));
+    relay.join().unwrap();
+}
+
+/// A fan-out larger than `RELAY_FLUSHES_PER_PASS` is spread over passes
+/// (the rest deferred, served first next pass): every member still gets
+/// every message, in order, and a small group's message gets through.
+#[test]
+fn a_fan_out_past_the_flush_budget_reaches_every_member() {
+    const N: usize = 3 * hermes::limits::RELAY_FLUSHES_PER_PASS;
+    let mut config = ServerConfig::ephemeral();
+    config.core.registrations_per_minute = 100_000;
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let users: Vec<User> = (0..N)
+        .map(|i| User::new(&format!("m{i}"), 100 + i as u64))
+        .collect();
+    let mut clients: Vec<RawClient> = users.iter().map(|u| RawClient::register(addr, u)).collect();
+    let members: Vec<&User> = users.iter().collect();
+    let big = [0xb1; 16];
+    clients[0].create_group(&users[0], &members, big);
+    let small = [0x51; 16];
+    clients[1].create_group(&users[1], &[&users[1], &users[2]], small);
+    for n in 0..3 {
+        clients[0].group_send(big, mid(0, n), b"to everyone");
+    }
+    clients[1].group_send(small, mid(1, 0), b"to two");
+    for (i, c) in clients.iter_mut().enumerate() {
+        // The sender is not sent its own messages.
+        let mut want: Vec<MessageId> = if i == 0 {
+            Vec::new()
+        } else {
+            (0..3).map(|n| mid(0, n)).collect()
+        };
+        if i == 2 {
+            want.push(mid(1, 0));
+        }
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            if let Got::Deliver {
+                kind: EntryKind::GroupMessage,
+                message_id,
+                ..
+            } = c.recv().expect("closed")
+            {
+                got.push(message_id);
+            }
+        }
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "member {i}");
+    }
     relay.join().unwrap();
 }
 

@@ -53,11 +53,11 @@ use super::os;
 use crate::crypto::identity::SigningKeyPair;
 use crate::limits::{
     RELAY_ACCEPTS_PER_PASS, RELAY_CLOSE_LINGER, RELAY_DEFAULT_FRAMES_PER_SEC,
-    RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FRAME_TIMEOUT, RELAY_HANDSHAKE_TIMEOUT,
-    RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT, RELAY_METRICS_MAX_CLIENTS,
-    RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT, RELAY_OUTPUT_BOUND,
-    RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE, RELAY_SUMMARY_INTERVAL,
-    RELAY_THROTTLE_RECHECK, RELAY_UNAUTHENTICATED_READS_PER_PASS,
+    RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FLUSHES_PER_PASS, RELAY_FRAME_TIMEOUT,
+    RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT,
+    RELAY_METRICS_MAX_CLIENTS, RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT,
+    RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE,
+    RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK, RELAY_UNAUTHENTICATED_READS_PER_PASS,
 };
 use crate::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store, StoreError};
 use crate::wire::{ErrorCode, ErrorFrame, Frame, LENGTH_PREFIX_LEN, split_frame};
@@ -537,6 +537,7 @@ fn start<S: Store>(
         throttle_at: None,
         to_flush: Vec::new(),
         flush_again: Vec::new(),
+        deferred: VecDeque::new(),
         cap_waiting: Vec::new(),
         ready: Vec::new(),
         dead: Vec::new(),
@@ -647,6 +648,8 @@ struct Server<S: Store> {
     to_flush: Vec<ConnKey>,
     /// The socket took everything but the core has more: write next pass.
     flush_again: Vec<ConnKey>,
+    /// Flushes past [`RELAY_FLUSHES_PER_PASS`], served first next pass.
+    deferred: VecDeque<ConnKey>,
     /// Held back by the relay-wide output cap: flushed again once under it.
     cap_waiting: Vec<ConnKey>,
     ready: Vec<ConnId>,
@@ -783,6 +786,7 @@ impl<S: Store> Server<S> {
         let busy = !self.to_read.is_empty()
             || !self.unauthenticated.is_empty()
             || !self.flush_again.is_empty()
+            || !self.deferred.is_empty()
             || (self.accept_more && self.listener_registered && self.accept_retry_at.is_none());
         if busy {
             return Some(Duration::ZERO);
@@ -1225,9 +1229,26 @@ impl<S: Store> Server<S> {
                 self.to_flush.push(k);
             }
         }
+        // At most RELAY_FLUSHES_PER_PASS: older deferred flushes first, but
+        // only what leaves the new ones three quarters of the budget.
+        let old = self.deferred.len().min(
+            (RELAY_FLUSHES_PER_PASS / 4)
+                .max(RELAY_FLUSHES_PER_PASS.saturating_sub(self.to_flush.len())),
+        );
+        for _ in 0..old {
+            if let Some(k) = self.deferred.pop_front() {
+                self.flush(k);
+            }
+        }
+        let room = RELAY_FLUSHES_PER_PASS - old;
         let list = std::mem::take(&mut self.to_flush);
-        for &k in &list {
-            self.flush(k);
+        for (i, &k) in list.iter().enumerate() {
+            if i < room {
+                self.flush(k);
+            } else {
+                // Still marked flush_queued: not queued twice meanwhile.
+                self.deferred.push_back(k);
+            }
         }
         self.to_flush = list;
         self.to_flush.clear();
@@ -1548,6 +1569,7 @@ impl<S: Store> Server<S> {
                 }
             }
             self.flush_again.clear();
+            self.deferred.clear();
             self.reap();
             let now = Instant::now();
             if !pending || now >= deadline {
@@ -1700,6 +1722,7 @@ mod tests {
         const { assert!(RELAY_ACCEPTS_PER_PASS > 0 && RELAY_EVENTS_PER_POLL >= RELAY_ACCEPTS_PER_PASS) };
         const { assert!(RELAY_DEFAULT_FRAMES_PER_SEC > 0) };
         const { assert!(RELAY_UNAUTHENTICATED_READS_PER_PASS > 0) };
+        const { assert!(RELAY_FLUSHES_PER_PASS >= 4) };
         assert!(RELAY_THROTTLE_RECHECK < Duration::from_secs(1));
         assert!(RELAY_HANDSHAKE_TIMEOUT < crate::limits::RELAY_IDLE_TIMEOUT);
         assert!(RELAY_CLOSE_LINGER <= RELAY_SHUTDOWN_GRACE);
