@@ -2173,3 +2173,62 @@ fn closing_session_gets_no_more_deliveries() {
     let (_, got) = sim.login(&bob);
     assert_eq!(texts(&got), vec![b"later".to_vec()]);
 }
+
+/// Ready edges with several sessions of one member: once every session was
+/// reported, further entries report none again until a session drains;
+/// then that session (and only that one) is reported for the next entry,
+/// and a session that logs in later is reported too.
+#[test]
+fn each_session_is_reported_again_after_it_drains() {
+    let mut sim = Sim::new(mem(), RelayConfig::default());
+    let (alice, ca) = sim.user("alice");
+    let (bob, cb1) = sim.user("bob");
+    let (cb2, _) = sim.login(&bob);
+    let gid = [12; 16];
+    sim.create_group(&alice, ca, &[&alice, &bob], gid);
+    sim.recv(cb1);
+    sim.recv(cb2);
+    let mut ready = Vec::new();
+    sim.core.poll_ready_conns(&mut ready);
+
+    sim.group_send(ca, gid, 0, 1, b"one");
+    ready.clear();
+    sim.core.poll_ready_conns(&mut ready);
+    assert!(ready.contains(&cb1) && ready.contains(&cb2), "{ready:?}");
+    // Not drained: a second entry reports nothing new.
+    sim.group_send(ca, gid, 0, 2, b"two");
+    ready.clear();
+    sim.core.poll_ready_conns(&mut ready);
+    assert!(!ready.contains(&cb1) && !ready.contains(&cb2), "{ready:?}");
+    // Only the first session drains: the next entry reports it, only it.
+    assert_eq!(
+        texts(&sim.recv(cb1)),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    sim.group_send(ca, gid, 0, 3, b"three");
+    ready.clear();
+    sim.core.poll_ready_conns(&mut ready);
+    assert!(ready.contains(&cb1) && !ready.contains(&cb2), "{ready:?}");
+    // A third session logs in (and drains the backlog at login); the next
+    // entry reports it.
+    let (cb3, got) = sim.login(&bob);
+    assert_eq!(texts(&got).len(), 3, "{got:?}");
+    sim.group_send(ca, gid, 0, 4, b"four");
+    ready.clear();
+    sim.core.poll_ready_conns(&mut ready);
+    assert!(ready.contains(&cb3), "{ready:?}");
+    assert_eq!(
+        texts(&sim.recv(cb2)),
+        vec![
+            b"one".to_vec(),
+            b"two".to_vec(),
+            b"three".to_vec(),
+            b"four".to_vec()
+        ]
+    );
+    assert_eq!(
+        texts(&sim.recv(cb1)),
+        vec![b"three".to_vec(), b"four".to_vec()]
+    );
+    assert_eq!(texts(&sim.recv(cb3)), vec![b"four".to_vec()]);
+}

@@ -218,6 +218,10 @@ struct User {
     acked: u64,
     ack_record: Option<RecordId>,
     sessions: Vec<ConnId>,
+    /// Every session in `sessions` is marked `reported` (so a new entry
+    /// needs no lookup of each session to mark it ready). Cleared when a
+    /// session drains (`transmit`) or attaches.
+    all_reported: bool,
     groups: Vec<u32>,
     quota_used: usize,
     key_requests: TokenBucket,
@@ -840,6 +844,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 };
         if !still {
             c.reported = false;
+            if let Auth::User(u) = c.auth
+                && let Some(user) = self.users.get_mut(u as usize)
+            {
+                user.all_reported = false;
+            }
         }
         (out.len() - start, still)
     }

@@ -20,6 +20,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             return;
         };
         u.sessions.push(conn);
+        u.all_reported = false;
         let acked = u.acked;
         let name = u.name.clone();
         if let Some(c) = self.conns.get_mut(&conn) {
