@@ -243,8 +243,10 @@ pub const RELAY_EVENTS_PER_POLL: usize = 1024;
 /// so a connection flood delays logged-in clients by at most this many
 /// accepts (each with its hello) per pass. Was 256; lowered by issue 8's
 /// abuse measurement, where bursts of hundreds of garbage connections made
-/// single passes last milliseconds.
-pub const RELAY_ACCEPTS_PER_PASS: usize = 16;
+/// single passes last milliseconds (16 and 4 were measured; with 4, and
+/// the two budgets below, the abused p99 halved again). Still about
+/// 15,000 accepts a second on a loop that does nothing else.
+pub const RELAY_ACCEPTS_PER_PASS: usize = 4;
 
 /// Connections flushed (output pulled from the core and written) per loop
 /// pass. Past it the rest wait for the next pass, which serves them before
@@ -253,16 +255,17 @@ pub const RELAY_ACCEPTS_PER_PASS: usize = 16;
 /// group (1,000 writes, about 4 ms here) no longer holds up a small
 /// group's delivery for the whole fan-out (issue 8: 10 such messages a
 /// second to members that never read were the largest share of the passes
-/// over 1 ms). 128 writes are about half a millisecond.
-pub const RELAY_FLUSHES_PER_PASS: usize = 128;
+/// over 1 ms). 32 writes are about 0.15 ms; 128 were measured too (passes
+/// over 0.25 ms 106 a second under the abuse swarm, against 30 with 32).
+pub const RELAY_FLUSHES_PER_PASS: usize = 32;
 
 /// Connections not logged in (handshakes, garbage, closing ones) read per
 /// loop pass; logged-in connections are all read first, the rest of these
 /// wait for the next pass. With [`RELAY_ACCEPTS_PER_PASS`] this bounds what
-/// a flood of unauthenticated connections adds to a pass (about 1 ms here)
-/// however many there are; a flood beyond what that serves fills the
-/// listen backlog and slows its own connects.
-pub const RELAY_UNAUTHENTICATED_READS_PER_PASS: usize = 16;
+/// a flood of unauthenticated connections adds to a pass (a few hundred
+/// microseconds here) however many there are; a flood beyond what that
+/// serves fills the listen backlog and slows its own connects.
+pub const RELAY_UNAUTHENTICATED_READS_PER_PASS: usize = 4;
 
 /// Size of the loop's one shared read buffer. A read lands there first; only
 /// the tail of a frame split across reads is copied into the connection's
