@@ -495,6 +495,49 @@ struct SenderState {
     offset_ns: u64,
 }
 
+impl SenderState {
+    /// Open loop: how many messages are due and not yet sent `elapsed` ns
+    /// after the start (message k is due `offset + k / rate` after it).
+    fn due(&self, elapsed: u64, rate: f64) -> u64 {
+        let due = match elapsed.checked_sub(self.offset_ns) {
+            Some(t) => f64_to_u64(t as f64 * rate / 1e9) + 1,
+            None => 0,
+        };
+        due.saturating_sub(self.seq)
+    }
+}
+
+/// Writes `n` stamped messages from one sender into its output, and in a
+/// closed loop counts each in the window (`(window, my index, receivers)`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "disjoint borrows of one worker and one connection"
+)]
+fn publish_burst<P: Proto>(
+    shared: &Shared,
+    payload: &mut [u8],
+    member: u32,
+    s: &mut SenderState,
+    proto: &mut P,
+    out: &mut Vec<u8>,
+    n: u64,
+    window: Option<(&Window, usize, u32)>,
+) {
+    for _ in 0..n {
+        let stamp = Stamp {
+            sender: member,
+            seq: s.seq,
+            sent_ns: shared.now_ns(),
+        };
+        stamp.write(payload);
+        if let Some((w, me, receivers)) = window {
+            w.on_send(me, s.seq, receivers);
+        }
+        proto.publish(payload, out);
+        s.seq += 1;
+    }
+}
+
 struct Conn<P> {
     member: u32,
     group_start: u32,
@@ -1020,11 +1063,7 @@ impl<P: Proto> Worker<P> {
             let Some(s) = c.sender.as_mut() else { continue };
             let mut n = MAX_BURST;
             if let Some(rate) = shared.cfg.rate {
-                let due = match elapsed.checked_sub(s.offset_ns) {
-                    Some(t) => f64_to_u64(t as f64 * rate / 1e9) + 1,
-                    None => 0,
-                };
-                n = n.min(due.saturating_sub(s.seq));
+                n = n.min(s.due(elapsed, rate));
             }
             let me = shared.local_index(c.member).unwrap_or(usize::MAX);
             if let Some(w) = &shared.window {
@@ -1034,19 +1073,17 @@ impl<P: Proto> Worker<P> {
                 continue;
             }
             let receivers = c.group_len.saturating_sub(1);
-            for _ in 0..n {
-                let stamp = Stamp {
-                    sender: c.member,
-                    seq: s.seq,
-                    sent_ns: shared.now_ns(),
-                };
-                stamp.write(&mut self.payload);
-                if let Some(w) = &shared.window {
-                    w.on_send(me, s.seq, receivers);
-                }
-                c.proto.publish(&self.payload, &mut c.out);
-                s.seq += 1;
-            }
+            let window = shared.window.as_ref().map(|w| (w, me, receivers));
+            publish_burst(
+                shared,
+                &mut self.payload,
+                c.member,
+                s,
+                &mut c.proto,
+                &mut c.out,
+                n,
+                window,
+            );
             self.local.sent += n;
             self.local.expected += n * u64::from(receivers);
             if !c.dirty {
@@ -1083,22 +1120,18 @@ impl<P: Proto> Worker<P> {
                 again.push((elapsed + SCHEDULE_RETRY_NS, key));
                 continue;
             }
-            let due_count = match elapsed.checked_sub(s.offset_ns) {
-                Some(t) => f64_to_u64(t as f64 * rate / 1e9) + 1,
-                None => 0,
-            };
-            let n = MAX_BURST.min(due_count.saturating_sub(s.seq));
+            let n = MAX_BURST.min(s.due(elapsed, rate));
             let receivers = c.group_len.saturating_sub(1);
-            for _ in 0..n {
-                let stamp = Stamp {
-                    sender: c.member,
-                    seq: s.seq,
-                    sent_ns: shared.now_ns(),
-                };
-                stamp.write(&mut self.payload);
-                c.proto.publish(&self.payload, &mut c.out);
-                s.seq += 1;
-            }
+            publish_burst(
+                shared,
+                &mut self.payload,
+                c.member,
+                s,
+                &mut c.proto,
+                &mut c.out,
+                n,
+                None,
+            );
             let next = s.offset_ns + f64_to_u64((s.seq as f64 * period).ceil());
             // Never due again within this pass (a capped burst, or float
             // rounding that made nothing due yet).
