@@ -445,7 +445,7 @@ impl Blocking {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let stream = TcpStream::connect_timeout(&server, left)
+        let stream = crate::sys::connect_blocking(server, left)
             .map_err(io_err(format!("connecting to {server}")))?;
         stream
             .set_read_timeout(Some(left))

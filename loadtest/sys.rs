@@ -77,6 +77,67 @@ pub(crate) fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream
     Ok(TcpStream::from(socket))
 }
 
+/// The last octet of the source address [`connect_blocking`] uses now.
+static BLOCKING_SRC_OCTET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+/// A blocking connect to `dst` within `timeout`, for the set-up phase
+/// (registering and creating groups): from 127.0.0.1, moving on to
+/// 127.0.0.2, ... (for the rest of the process) when the current source
+/// address has no ephemeral port left, as after a previous run's tens of
+/// thousands of connections still in TIME_WAIT. Other destinations connect
+/// plainly.
+///
+/// # Errors
+/// The connect failed, or every source address up to 127.0.0.254 is out of
+/// ports.
+pub(crate) fn connect_blocking(
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<TcpStream> {
+    use std::sync::atomic::Ordering;
+    let std::net::SocketAddr::V4(v4) = dst else {
+        return TcpStream::connect_timeout(&dst, timeout);
+    };
+    if !v4.ip().is_loopback() {
+        return TcpStream::connect_timeout(&dst, timeout);
+    }
+    loop {
+        let last = BLOCKING_SRC_OCTET.load(Ordering::Acquire);
+        if last == 255 {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no ephemeral port left on 127.0.0.1-127.0.0.254",
+            ));
+        }
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let exhausted = |e: &io::Error| {
+            matches!(
+                Errno::from_io_error(e),
+                Some(Errno::ADDRINUSE | Errno::ADDRNOTAVAIL)
+            )
+        };
+        let attempt = socket
+            .bind(&SockAddr::from(SocketAddrV4::new(
+                Ipv4Addr::new(127, 0, 0, last),
+                0,
+            )))
+            .and_then(|()| socket.connect_timeout(&SockAddr::from(v4), timeout));
+        match attempt {
+            Ok(()) => return Ok(TcpStream::from(socket)),
+            Err(e) if exhausted(&e) => {
+                // Move every thread on to the next address (once).
+                let _ = BLOCKING_SRC_OCTET.compare_exchange(
+                    last,
+                    last + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A process's resident set size and CPU time, read from `/proc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcSample {
@@ -177,6 +238,20 @@ mod tests {
         let e = io::Error::from(Errno::MFILE);
         assert!(is_file_limit(&e));
         assert!(!is_file_limit(&io::Error::from(Errno::CONNREFUSED)));
+    }
+
+    #[test]
+    fn blocking_connects_come_from_loopback_and_refusals_are_errors() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = connect_blocking(addr, std::time::Duration::from_secs(5)).unwrap();
+        let (_accepted, peer) = l.accept().unwrap();
+        assert_eq!(s.local_addr().unwrap(), peer);
+        assert!(peer.ip().is_loopback(), "{peer}");
+        drop(l);
+        // Nothing listens there now: refused, not retried from other sources.
+        let e = connect_blocking(addr, std::time::Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 
     #[test]
