@@ -488,12 +488,14 @@ fn a_burst_of_handshakes_is_served_in_turns() {
     relay.join().unwrap();
 }
 
-/// A fan-out larger than `RELAY_FLUSHES_PER_PASS` is spread over passes
-/// (the rest deferred, served first next pass): every member still gets
-/// every message, in order, and a small group's message gets through.
+/// A bulk fan-out (a group over `RELAY_BULK_FANOUT`) larger than
+/// `RELAY_BULK_FLUSHES_PER_PASS` is spread over passes: every member still
+/// gets every message, in order, and a small group's message gets through,
+/// also to a member of both (reported bulk, then ordinary).
 #[test]
 fn a_fan_out_past_the_flush_budget_reaches_every_member() {
-    const N: usize = 3 * hermes::limits::RELAY_FLUSHES_PER_PASS;
+    const N: usize = 3 * hermes::limits::RELAY_BULK_FLUSHES_PER_PASS;
+    const { assert!(N > hermes::limits::RELAY_BULK_FANOUT) };
     let mut config = ServerConfig::ephemeral();
     config.core.registrations_per_minute = 100_000;
     let relay = spawn_relay(config).unwrap();

@@ -184,6 +184,8 @@ pub struct Conn {
     pub write_interest: bool,
     /// Already in this pass's flush list.
     pub flush_queued: bool,
+    /// In the loop's bulk queue (see `RelayCore::poll_ready_bulk`).
+    pub bulk_queued: bool,
     /// Already in the list of connections to read again next pass.
     pub read_queued: bool,
     /// The peer's FIN or a socket error was reported: read until the

@@ -31,6 +31,16 @@
 //! `poll_transmit` has drained it. After a `poll_transmit` that stopped at
 //! `max_bytes`, [`RelayCore::has_pending_output`] is true and the loop calls
 //! `poll_transmit` again when the socket is writable.
+//!
+//! Readiness comes in two classes. A message to a group of more than
+//! [`limits::RELAY_BULK_FANOUT`] members makes its recipients ready as
+//! *bulk* ([`RelayCore::poll_ready_bulk`]); everything else (replies, small
+//! groups, direct messages) is ordinary ([`RelayCore::poll_ready_conns`]).
+//! The loop writes ordinary readiness in the pass it appears and spreads
+//! bulk over passes, so one message to a thousand members does not hold up
+//! a small group's delivery, nor does a busy small group starve anyone. A
+//! connection reported as bulk that then gets ordinary output is reported
+//! again as ordinary.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -205,6 +215,8 @@ struct Conn {
     control_pos: usize,
     pushed: u64,
     reported: bool,
+    /// Reported through `poll_ready_bulk` (and not since drained).
+    reported_bulk: bool,
     closing: bool,
     last_seen: Instant,
 }
@@ -222,6 +234,8 @@ struct User {
     /// needs no lookup of each session to mark it ready). Cleared when a
     /// session drains (`transmit`) or attaches.
     all_reported: bool,
+    /// The same for bulk readiness (`reported` or `reported_bulk`).
+    all_reported_bulk: bool,
     groups: Vec<u32>,
     quota_used: usize,
     key_requests: TokenBucket,
@@ -332,6 +346,9 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     hello_signature: [u8; 64],
     conns: IdMap<ConnId, Conn>,
     ready: Vec<ConnId>,
+    ready_bulk: Vec<ConnId>,
+    /// Set while a large group message is being queued: readiness is bulk.
+    fanning_out: bool,
     closes: VecDeque<(ConnId, CloseReason)>,
     users: Vec<User>,
     by_name: HashMap<Box<str>, u32>,
@@ -417,6 +434,8 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             hello_signature,
             conns: IdMap::default(),
             ready: Vec::new(),
+            ready_bulk: Vec::new(),
+            fanning_out: false,
             closes: VecDeque::new(),
             users: Vec::new(),
             by_name: HashMap::new(),
@@ -511,6 +530,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 control_pos: 0,
                 pushed: 0,
                 reported: false,
+                reported_bulk: false,
                 closing: false,
                 last_seen: now,
             },
@@ -715,6 +735,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         out.append(&mut self.ready);
     }
 
+    /// Appends to `out` the connections that became ready through a large
+    /// group's message (bulk: see the module doc), edge-triggered likewise.
+    pub fn poll_ready_bulk(&mut self, out: &mut Vec<ConnId>) {
+        out.append(&mut self.ready_bulk);
+    }
+
     /// True if `conn` has output that `poll_transmit` would write.
     #[must_use]
     pub fn has_pending_output(&self, conn: ConnId) -> bool {
@@ -844,10 +870,12 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 };
         if !still {
             c.reported = false;
+            c.reported_bulk = false;
             if let Auth::User(u) = c.auth
                 && let Some(user) = self.users.get_mut(u as usize)
             {
                 user.all_reported = false;
+                user.all_reported_bulk = false;
             }
         }
         (out.len() - start, still)

@@ -52,9 +52,9 @@ use super::metrics::{self, CoreCounters, HttpRequest, Metrics};
 use super::os;
 use crate::crypto::identity::SigningKeyPair;
 use crate::limits::{
-    RELAY_ACCEPTS_PER_PASS, RELAY_CLOSE_LINGER, RELAY_DEFAULT_FRAMES_PER_SEC,
-    RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FLUSHES_PER_PASS, RELAY_FRAME_TIMEOUT,
-    RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT,
+    RELAY_ACCEPTS_PER_PASS, RELAY_BULK_FLUSHES_PER_PASS, RELAY_CLOSE_LINGER,
+    RELAY_DEFAULT_FRAMES_PER_SEC, RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FLUSHES_PER_PASS,
+    RELAY_FRAME_TIMEOUT, RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT,
     RELAY_METRICS_MAX_CLIENTS, RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT,
     RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE,
     RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK, RELAY_UNAUTHENTICATED_READS_PER_PASS,
@@ -538,6 +538,7 @@ fn start<S: Store>(
         to_flush: Vec::new(),
         flush_again: Vec::new(),
         deferred: VecDeque::new(),
+        bulk: VecDeque::new(),
         cap_waiting: Vec::new(),
         ready: Vec::new(),
         dead: Vec::new(),
@@ -648,6 +649,9 @@ struct Server<S: Store> {
     to_flush: Vec<ConnKey>,
     /// The socket took everything but the core has more: write next pass.
     flush_again: Vec<ConnKey>,
+    /// Bulk-ready connections (a large group's message), flushed
+    /// [`RELAY_BULK_FLUSHES_PER_PASS`] a pass, oldest first.
+    bulk: VecDeque<ConnKey>,
     /// Flushes past [`RELAY_FLUSHES_PER_PASS`], served first next pass.
     deferred: VecDeque<ConnKey>,
     /// Held back by the relay-wide output cap: flushed again once under it.
@@ -787,6 +791,7 @@ impl<S: Store> Server<S> {
             || !self.unauthenticated.is_empty()
             || !self.flush_again.is_empty()
             || !self.deferred.is_empty()
+            || !self.bulk.is_empty()
             || (self.accept_more && self.listener_registered && self.accept_retry_at.is_none());
         if busy {
             return Some(Duration::ZERO);
@@ -918,6 +923,7 @@ impl<S: Store> Server<S> {
             out_pos: 0,
             write_interest: false,
             flush_queued: false,
+            bulk_queued: false,
             read_queued: false,
             hup: false,
             phase: Phase::Open,
@@ -1252,6 +1258,29 @@ impl<S: Store> Server<S> {
         }
         self.to_flush = list;
         self.to_flush.clear();
+        // Bulk: a few a pass, oldest first. One that an ordinary flush
+        // also waits for is left to it (that flush writes everything).
+        self.core.poll_ready_bulk(&mut self.ready);
+        for id in self.ready.drain(..) {
+            let k = ConnKey::from_u64(id.0);
+            if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k)
+                && !c.bulk_queued
+            {
+                c.bulk_queued = true;
+                self.bulk.push_back(k);
+            }
+        }
+        for _ in 0..RELAY_BULK_FLUSHES_PER_PASS {
+            let Some(k) = self.bulk.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k) {
+                c.bulk_queued = false;
+                if !c.flush_queued {
+                    self.flush(k);
+                }
+            }
+        }
         if self.queued_out >= self.max_queued_output {
             self.evict_backlogs();
         }
@@ -1722,7 +1751,8 @@ mod tests {
         const { assert!(RELAY_ACCEPTS_PER_PASS > 0 && RELAY_EVENTS_PER_POLL >= RELAY_ACCEPTS_PER_PASS) };
         const { assert!(RELAY_DEFAULT_FRAMES_PER_SEC > 0) };
         const { assert!(RELAY_UNAUTHENTICATED_READS_PER_PASS > 0) };
-        const { assert!(RELAY_FLUSHES_PER_PASS >= 4) };
+        const { assert!(RELAY_FLUSHES_PER_PASS >= 4 && RELAY_BULK_FLUSHES_PER_PASS > 0) };
+        const { assert!(RELAY_BULK_FLUSHES_PER_PASS <= RELAY_FLUSHES_PER_PASS) };
         assert!(RELAY_THROTTLE_RECHECK < Duration::from_secs(1));
         assert!(RELAY_HANDSHAKE_TIMEOUT < crate::limits::RELAY_IDLE_TIMEOUT);
         assert!(RELAY_CLOSE_LINGER <= RELAY_SHUTDOWN_GRACE);

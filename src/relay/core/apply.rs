@@ -310,6 +310,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             ack_record: None,
             sessions: Vec::new(),
             all_reported: false,
+            all_reported_bulk: false,
             groups: Vec::new(),
             quota_used: 0,
             key_requests: TokenBucket::new(self.config.key_requests_per_minute),
@@ -428,6 +429,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .map_or(0, |grp| grp.members.len());
         // Replay only: entries a drop record counts are not queued again.
         let replaying = !self.replay_drops.is_empty();
+        self.fanning_out = n > limits::RELAY_BULK_FANOUT;
         for i in 0..n {
             let Some(&u) = self
                 .groups
@@ -440,6 +442,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 self.enqueue(u, lsn, m, true);
             }
         }
+        self.fanning_out = false;
         self.release_if_unreferenced(m);
     }
 
@@ -519,6 +522,22 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };
+        if self.fanning_out {
+            if user.all_reported || user.all_reported_bulk {
+                return;
+            }
+            user.all_reported_bulk = true;
+            for s in &user.sessions {
+                if let Some(c) = self.conns.get_mut(s)
+                    && !c.reported
+                    && !c.reported_bulk
+                {
+                    c.reported_bulk = true;
+                    self.ready_bulk.push(*s);
+                }
+            }
+            return;
+        }
         if user.all_reported {
             // The usual case in a busy group: this member's sessions were
             // marked by an earlier entry and have not drained since; the

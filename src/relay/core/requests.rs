@@ -21,6 +21,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         };
         u.sessions.push(conn);
         u.all_reported = false;
+        u.all_reported_bulk = false;
         let acked = u.acked;
         let name = u.name.clone();
         if let Some(c) = self.conns.get_mut(&conn) {

@@ -145,3 +145,37 @@ fn an_entry_whose_record_is_missing_from_the_store_is_passed_over() {
     core.poll_transmit(conn, &mut out, 1 << 20);
     assert_eq!(delivered(&out), vec![(7, b"seven".to_vec())]);
 }
+
+/// Readiness classes: entries queued during a large group's fan-out report
+/// the session as bulk (once); an ordinary entry then reports it again as
+/// ordinary, after which bulk entries add nothing; once drained, the next
+/// bulk entry reports it afresh.
+#[test]
+fn bulk_readiness_is_reported_apart_and_raised_by_ordinary_output() {
+    let (mut core, u, conn, _) = core_with_user();
+    let poll = |core: &mut RelayCore<MemStore, StdRng>| {
+        let (mut ready, mut bulk) = (Vec::new(), Vec::new());
+        core.poll_ready_conns(&mut ready);
+        core.poll_ready_bulk(&mut bulk);
+        (ready, bulk)
+    };
+    core.fanning_out = true;
+    queue_message(&mut core, u, 5, b"five");
+    queue_message(&mut core, u, 6, b"six");
+    core.fanning_out = false;
+    assert_eq!(poll(&mut core), (vec![], vec![conn]));
+    queue_message(&mut core, u, 7, b"seven");
+    assert_eq!(poll(&mut core), (vec![conn], vec![]), "raised to ordinary");
+    core.fanning_out = true;
+    queue_message(&mut core, u, 8, b"eight");
+    core.fanning_out = false;
+    assert_eq!(poll(&mut core), (vec![], vec![]), "already reported");
+    let mut out = Vec::new();
+    core.poll_transmit(conn, &mut out, 1 << 20);
+    let seqs: Vec<u64> = delivered(&out).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, vec![5, 6, 7, 8]);
+    core.fanning_out = true;
+    queue_message(&mut core, u, 9, b"nine");
+    core.fanning_out = false;
+    assert_eq!(poll(&mut core), (vec![], vec![conn]), "reported afresh");
+}
