@@ -359,6 +359,11 @@ pub const RELAY_METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from
 // Client (src/client)
 // ---------------------------------------------------------------------------
 
+/// Longest passphrase the no-echo prompt reads (bytes). A longer line is
+/// refused (and the rest of it discarded) rather than grown into a buffer
+/// that would leave unzeroized copies behind.
+pub const CLIENT_PASSPHRASE_MAX_BYTES: usize = 1024;
+
 /// Largest state file the client reads (bytes). The state holds keys, a
 /// bounded inbox and a bounded pending store; a bigger file is corrupt or
 /// hostile and is refused rather than read into memory.

@@ -2,16 +2,16 @@
 //! `fingerprint`, `trust`: plain options in, text on stdout out. `cli.rs`
 //! turns clap options into [`CommonOptions`]; nothing here sees clap.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::net::{Client, ClientConfig};
 use super::session::{Change, GroupInfo, group_hex, list_groups, resolve_group};
 use super::state::{InboxEntry, KdfCost};
-use crate::limits::CLIENT_RECV_QUIET;
+use crate::limits::{CLIENT_PASSPHRASE_MAX_BYTES, CLIENT_RECV_QUIET};
 
 /// Where passphrases come from.
 #[derive(Debug, Clone)]
@@ -55,6 +55,12 @@ pub fn default_state_root() -> PathBuf {
     PathBuf::from("hermes-state")
 }
 
+/// Ctrl-C (or `Ctrl-\`) at a passphrase prompt: the terminal is restored and
+/// the command stops. `main` exits 130 on it, as a shell does for SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cancelled at the passphrase prompt")]
+pub struct Cancelled;
+
 /// Reads a passphrase without echo from the terminal (`/dev/tty`).
 fn prompt(text: &str) -> CmdResult<Zeroizing<String>> {
     let tty = std::fs::OpenOptions::new()
@@ -62,30 +68,63 @@ fn prompt(text: &str) -> CmdResult<Zeroizing<String>> {
         .write(true)
         .open("/dev/tty")
         .map_err(|e| format!("no terminal to ask for the passphrase ({e}); set HERMES_PASSPHRASE or --passphrase-file"))?;
-    Ok(prompt_on(&tty, text)?)
-}
-
-/// Echo turned off on a terminal (`tcsetattr`); the saved settings are put
-/// back when this is dropped, so every way out of the prompt (an I/O
-/// error, end of input, a panic unwinding) restores them.
-struct EchoOff<'a> {
-    tty: &'a std::fs::File,
-    saved: rustix::termios::Termios,
-}
-
-impl<'a> EchoOff<'a> {
-    fn new(tty: &'a std::fs::File) -> std::io::Result<Self> {
-        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-        let saved = tcgetattr(tty)?;
-        let mut quiet = saved.clone();
-        quiet.local_modes.remove(LocalModes::ECHO);
-        // As `stty -echo` does: after the output queued so far is written.
-        tcsetattr(tty, OptionalActions::Drain, &quiet)?;
-        Ok(Self { tty, saved })
+    match prompt_on(&tty, text)? {
+        Some(p) => Ok(p),
+        None => Err(Box::new(Cancelled)),
     }
 }
 
-impl Drop for EchoOff<'_> {
+/// The terminal set up for a passphrase prompt (`tcsetattr`): no echo, and
+/// no signals from the keyboard, so Ctrl-C cannot kill the process while
+/// echo is off (a killed prompt left the shell without echo). Instead the
+/// interrupt and quit characters end the line like Enter does (they become
+/// the `VEOL`/`VEOL2` line ends), and the reader treats a line ending in one
+/// of them as a cancel. The line stays canonical, so Backspace and Ctrl-U
+/// still edit it. The saved settings are put back when this is dropped, so
+/// every way out of the prompt (a line, a cancel, an I/O error, end of
+/// input, a panic unwinding) restores them.
+struct PromptTerminal<'a> {
+    tty: &'a std::fs::File,
+    saved: rustix::termios::Termios,
+    /// The bytes that cancel: the terminal's interrupt and quit characters.
+    cancel: [u8; 2],
+}
+
+impl<'a> PromptTerminal<'a> {
+    fn new(tty: &'a std::fs::File) -> std::io::Result<Self> {
+        use rustix::termios::{
+            LocalModes, OptionalActions, SpecialCodeIndex as Cc, tcgetattr, tcsetattr,
+        };
+        let saved = tcgetattr(tty)?;
+        // A disabled character reads as 0 (`_POSIX_VDISABLE`); Ctrl-C and
+        // Ctrl-\ cancel then.
+        let or = |c: u8, default: u8| if c == 0 { default } else { c };
+        let cancel = [
+            or(saved.special_codes[Cc::VINTR], 0x03),
+            or(saved.special_codes[Cc::VQUIT], 0x1c),
+        ];
+        let mut quiet = saved.clone();
+        quiet
+            .local_modes
+            .remove(LocalModes::ECHO | LocalModes::ISIG);
+        quiet
+            .local_modes
+            .insert(LocalModes::ICANON | LocalModes::IEXTEN);
+        quiet.special_codes[Cc::VEOL] = cancel[0];
+        quiet.special_codes[Cc::VEOL2] = cancel[1];
+        // As `stty -echo` does: after the output queued so far is written.
+        tcsetattr(tty, OptionalActions::Drain, &quiet)?;
+        Ok(Self { tty, saved, cancel })
+    }
+
+    /// Drops what was typed and not read (the rest of a line cut short), so
+    /// it does not reach the shell.
+    fn discard_input(&self) {
+        let _ = rustix::termios::tcflush(self.tty, rustix::termios::QueueSelector::IFlush);
+    }
+}
+
+impl Drop for PromptTerminal<'_> {
     fn drop(&mut self) {
         let _ = rustix::termios::tcsetattr(
             self.tty,
@@ -97,25 +136,68 @@ impl Drop for EchoOff<'_> {
 
 /// Shows `text` on the terminal `tty` and reads one line with echo off
 /// (turned off before the prompt appears, so nothing typed after it shows).
-fn prompt_on(tty: &std::fs::File, text: &str) -> std::io::Result<Zeroizing<String>> {
-    // Room for any sane passphrase, so the string does not grow and leave
-    // copies behind; a one-byte read buffer keeps no copy either (a
-    // terminal in canonical mode hands out the line as it is read).
-    let mut line = Zeroizing::new(String::with_capacity(1024));
+/// `None` when the user cancelled with Ctrl-C or `Ctrl-\` (the terminal is
+/// restored either way).
+///
+/// # Errors
+/// Terminal I/O, a line that is not UTF-8 or longer than
+/// [`CLIENT_PASSPHRASE_MAX_BYTES`].
+fn prompt_on(tty: &std::fs::File, text: &str) -> std::io::Result<Option<Zeroizing<String>>> {
+    // Room for the longest passphrase, so nothing grows and leaves copies
+    // behind; one-byte reads keep no copy either (a terminal in canonical
+    // mode hands out the line as it is read).
+    let mut bytes = Zeroizing::new(Vec::with_capacity(CLIENT_PASSPHRASE_MAX_BYTES));
+    let mut cancelled = false;
     {
-        let _echo_off = EchoOff::new(tty)?;
+        let term = PromptTerminal::new(tty)?;
         let mut out = tty;
         write!(out, "{text}")?;
         out.flush()?;
-        std::io::BufReader::with_capacity(1, tty).read_line(&mut line)?;
+        let mut input = tty;
+        let mut byte = [0u8; 1];
+        // One more than the limit, to tell "at the limit" from "over it".
+        for _ in 0..=CLIENT_PASSPHRASE_MAX_BYTES {
+            match input.read(&mut byte) {
+                // End of input (Ctrl-D on an empty line).
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let [b] = byte;
+            if term.cancel.contains(&b) {
+                cancelled = true;
+                break;
+            }
+            if b == b'\n' {
+                break;
+            }
+            if bytes.len() == CLIENT_PASSPHRASE_MAX_BYTES {
+                term.discard_input();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("passphrase longer than {CLIENT_PASSPHRASE_MAX_BYTES} bytes"),
+                ));
+            }
+            bytes.push(b);
+        }
+        byte.zeroize();
+        if cancelled {
+            term.discard_input();
+        }
     }
-    // The Enter the user typed was not echoed.
+    // The Enter (or Ctrl-C) the user typed was not echoed.
     let mut out = tty;
     writeln!(out)?;
-    while line.ends_with('\n') || line.ends_with('\r') {
-        line.pop();
+    if cancelled {
+        return Ok(None);
     }
-    Ok(line)
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "passphrase is not UTF-8")
+    })?;
+    let mut line = Zeroizing::new(String::with_capacity(text.len()));
+    line.push_str(text.trim_end_matches('\r'));
+    Ok(Some(line))
 }
 
 fn passphrase(src: &PassphraseSource, confirm: bool) -> CmdResult<Zeroizing<String>> {
@@ -494,13 +576,101 @@ mod tests {
         // The prompt shows only once echo is off.
         assert!(!echo_on(&watch));
         master.write_all(b"hunter2\n").unwrap();
-        let got = asking.join().unwrap().unwrap();
+        let got = asking.join().unwrap().unwrap().unwrap();
         assert_eq!(got.as_str(), "hunter2");
         assert!(echo_on(&watch));
         // What the user saw: the prompt and the newline written after the
         // answer; an echo of the answer would have come before it.
         read_until(&mut master, &mut screen, "\n");
         assert_eq!(screen, "passphrase: \r\n");
+    }
+
+    fn signals_on(tty: &std::fs::File) -> bool {
+        let t = rustix::termios::tcgetattr(tty).unwrap();
+        t.local_modes.contains(rustix::termios::LocalModes::ISIG)
+    }
+
+    #[test]
+    fn ctrl_c_at_the_prompt_cancels_and_restores_the_terminal() {
+        use rustix::fs::OFlags;
+        let (mut master, name) = pty();
+        let watch = open_slave(&name, OFlags::RDWR);
+        assert!(echo_on(&watch) && signals_on(&watch));
+        let before = rustix::termios::tcgetattr(&watch).unwrap();
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
+        let mut screen = String::new();
+        read_until(&mut master, &mut screen, "passphrase: ");
+        // While it asks, Ctrl-C is a character, not a SIGINT (which would
+        // kill the process with echo still off).
+        assert!(!echo_on(&watch) && !signals_on(&watch));
+        // Half a passphrase, then Ctrl-C: no Enter follows, so only the
+        // Ctrl-C can end the read.
+        master.write_all(b"hunt\x03").unwrap();
+        let got = asking.join().unwrap().unwrap();
+        assert!(got.is_none(), "Ctrl-C must cancel");
+        assert!(echo_on(&watch) && signals_on(&watch));
+        read_until(&mut master, &mut screen, "\n");
+        assert_eq!(screen, "passphrase: \r\n");
+        // The terminal's own settings are back, line ends included.
+        let after = rustix::termios::tcgetattr(&watch).unwrap();
+        assert_eq!(after.local_modes, before.local_modes);
+        for c in [
+            rustix::termios::SpecialCodeIndex::VEOL,
+            rustix::termios::SpecialCodeIndex::VEOL2,
+        ] {
+            assert_eq!(after.special_codes[c], before.special_codes[c]);
+        }
+    }
+
+    #[test]
+    fn ctrl_backslash_cancels_and_backspace_still_edits() {
+        use rustix::fs::OFlags;
+        let (mut master, name) = pty();
+        let watch = open_slave(&name, OFlags::RDWR);
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
+        let mut screen = String::new();
+        read_until(&mut master, &mut screen, "passphrase: ");
+        master.write_all(b"x\x1c").unwrap();
+        assert!(asking.join().unwrap().unwrap().is_none());
+        assert!(echo_on(&watch) && signals_on(&watch));
+
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "again: "));
+        read_until(&mut master, &mut screen, "again: ");
+        // DEL erases the `x` (the line is still edited by the terminal).
+        master.write_all(b"hunterx\x7f2\n").unwrap();
+        let got = asking.join().unwrap().unwrap().unwrap();
+        assert_eq!(got.as_str(), "hunter2");
+        assert!(echo_on(&watch) && signals_on(&watch));
+    }
+
+    #[test]
+    fn an_overlong_passphrase_is_refused_and_echo_restored() {
+        use rustix::fs::OFlags;
+        let (mut master, name) = pty();
+        let watch = open_slave(&name, OFlags::RDWR);
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
+        let mut screen = String::new();
+        read_until(&mut master, &mut screen, "passphrase: ");
+        let mut line = vec![b'a'; CLIENT_PASSPHRASE_MAX_BYTES + 1];
+        line.push(b'\n');
+        master.write_all(&line).unwrap();
+        let e = asking.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("longer than"), "{e}");
+        assert!(echo_on(&watch));
+
+        // At the limit exactly, it is read.
+        let tty = open_slave(&name, OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, "again: "));
+        read_until(&mut master, &mut screen, "again: ");
+        line.drain(..1);
+        master.write_all(&line).unwrap();
+        let got = asking.join().unwrap().unwrap().unwrap();
+        assert_eq!(got.len(), CLIENT_PASSPHRASE_MAX_BYTES);
     }
 
     #[test]
