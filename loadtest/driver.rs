@@ -32,8 +32,8 @@ use slab::Slab;
 
 use crate::proto::{Event, Member, Proto};
 use crate::stats::{
-    Counters, ErrorKind, Latency, LocalCounts, Receipt, STAMP_LEN, SeqTracker, SharedHistogram,
-    Stamp, Window, new_histogram, report_line,
+    Counters, ErrorKind, Latency, LocalCounts, Passes, Receipt, STAMP_LEN, SeqTracker,
+    SharedHistogram, Stamp, Window, new_histogram, new_pass_histogram, report_line,
 };
 use crate::sys::{self, ConnectError, ProcSample};
 
@@ -152,6 +152,11 @@ pub(crate) struct Report {
     pub(crate) relay_cpu_pct: Option<f64>,
     /// The swarm's own CPU use during the run phase, percent of one core.
     pub(crate) swarm_cpu_pct: Option<f64>,
+    /// The workers' loop passes during the run and drain phases, all
+    /// workers together (see [`Worker::run`]) ...
+    pub(crate) passes: Passes,
+    /// ... and each worker's.
+    pub(crate) worker_passes: Vec<Passes>,
 }
 
 /// Phases, in order.
@@ -192,6 +197,8 @@ struct Shared {
     start_ns: AtomicU64,
     counters: Counters,
     hists: Vec<SharedHistogram>,
+    /// Per worker: its loop passes' durations, nanoseconds.
+    pass_hists: Vec<SharedHistogram>,
     window: Option<Window>,
     wakers: Vec<Waker>,
     wake_pending: Vec<AtomicBool>,
@@ -325,6 +332,9 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         start_ns: AtomicU64::new(0),
         counters: Counters::default(),
         hists: (0..threads).map(|_| SharedHistogram::new()).collect(),
+        pass_hists: (0..threads)
+            .map(|_| SharedHistogram::with(new_pass_histogram()))
+            .collect(),
         window,
         wakers,
         wake_pending: (0..threads).map(|_| AtomicBool::new(false)).collect(),
@@ -351,6 +361,8 @@ pub(crate) fn run<P: Proto + Send + 'static>(
 
     let mut total = new_histogram();
     let mut interval = new_histogram();
+    let mut pass_total: Vec<_> = (0..threads).map(|_| new_pass_histogram()).collect();
+    let mut pass_interval: Vec<_> = (0..threads).map(|_| new_pass_histogram()).collect();
     let tick = Duration::from_secs(1);
     let n = u64::try_from(cfg.connections).unwrap_or(u64::MAX);
 
@@ -366,7 +378,14 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         }
         if now >= next_tick {
             next_tick += tick;
-            progress(&shared, Phase::Connecting, &c, 0.0, &Latency::default());
+            progress(
+                &shared,
+                Phase::Connecting,
+                &c,
+                0.0,
+                &Latency::default(),
+                &[],
+            );
         }
     };
     let relay_connected = sample_relay();
@@ -393,9 +412,22 @@ pub(crate) fn run<P: Proto + Send + 'static>(
             for h in &shared.hists {
                 h.drain_into(&mut interval);
             }
+            let mut passes = Vec::with_capacity(threads);
+            for ((h, i), t) in shared
+                .pass_hists
+                .iter()
+                .zip(&mut pass_interval)
+                .zip(&mut pass_total)
+            {
+                h.drain_into(i);
+                passes.push(Passes::of(i));
+                let _ = t.add(&*i);
+                i.reset();
+            }
             let secs = now.duration_since(last_tick).as_secs_f64().max(1e-9);
             let rate = (c.delivered - last_delivered) as f64 / secs;
-            progress(&shared, Phase::Running, &c, rate, &Latency::of(&interval));
+            let lat = Latency::of(&interval);
+            progress(&shared, Phase::Running, &c, rate, &lat, &passes);
             let _ = total.add(&interval);
             interval.reset();
             last_delivered = c.delivered;
@@ -446,6 +478,9 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         h.drain_into(&mut total);
     }
     let _ = total.add(&interval);
+    for (h, t) in shared.pass_hists.iter().zip(&mut pass_total) {
+        h.drain_into(t);
+    }
     let counts = shared.counters.snapshot();
     let cpu_pct = |a: Option<ProcSample>, b: Option<ProcSample>| {
         let (a, b) = (a?, b?);
@@ -469,14 +504,32 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         relay,
         relay_cpu_pct: cpu_pct(relay_run_before, relay_run_after),
         swarm_cpu_pct: cpu_pct(self_before, self_after),
+        passes: {
+            let mut all = new_pass_histogram();
+            for t in &pass_total {
+                let _ = all.add(t);
+            }
+            Passes::of(&all)
+        },
+        worker_passes: pass_total.iter().map(Passes::of).collect(),
         counts,
     })
 }
 
-fn progress(shared: &Shared, phase: Phase, c: &LocalCounts, rate: f64, lat: &Latency) {
+fn progress(
+    shared: &Shared,
+    phase: Phase,
+    c: &LocalCounts,
+    rate: f64,
+    lat: &Latency,
+    passes: &[Passes],
+) {
     if shared.cfg.progress {
         let elapsed = shared.base.elapsed().as_secs_f64();
-        println!("{}", report_line(elapsed, phase.name(), c, rate, lat));
+        println!(
+            "{}",
+            report_line(elapsed, phase.name(), c, rate, lat, passes)
+        );
     }
 }
 
@@ -575,6 +628,8 @@ struct Worker<P: Proto> {
     events_buf: Vec<Event>,
     local: LocalCounts,
     hist: Histogram<u64>,
+    /// Durations of this worker's loop passes, nanoseconds.
+    pass_hist: Histogram<u64>,
     last_absorb: Instant,
     last_ping_scan: Instant,
     ping_cursor: usize,
@@ -615,6 +670,7 @@ impl<P: Proto> Worker<P> {
             events_buf: Vec::new(),
             local: LocalCounts::default(),
             hist: new_histogram(),
+            pass_hist: new_pass_histogram(),
             last_absorb: Instant::now(),
             last_ping_scan: Instant::now(),
             ping_cursor: 0,
@@ -624,6 +680,11 @@ impl<P: Proto> Worker<P> {
         })
     }
 
+    /// The worker's loop. A *pass* runs from the return of `poll` to the
+    /// end of the loop body (events, sends, ticks, flushes, hand-over);
+    /// while a pass runs, deliveries wait in their sockets, so a long pass
+    /// adds to the latency measured. Passes of the run and drain phases are
+    /// timed into `pass_hist` (the connect phase's handshakes are not).
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut seen_phase = Phase::Connecting;
@@ -654,6 +715,7 @@ impl<P: Proto> Worker<P> {
                 self.local.error(ErrorKind::Io);
                 break;
             }
+            let pass_start = Instant::now();
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKE {
@@ -677,6 +739,10 @@ impl<P: Proto> Worker<P> {
             if self.last_absorb.elapsed() >= ABSORB_EVERY {
                 self.absorb();
             }
+            if phase != Phase::Connecting {
+                let ns = duration_ns(pass_start.elapsed());
+                self.pass_hist.saturating_record(ns.max(1));
+            }
         }
         self.absorb();
         for (_, c) in self.conns.iter_mut() {
@@ -691,6 +757,9 @@ impl<P: Proto> Worker<P> {
         self.shared.counters.absorb(&mut self.local);
         if let Some(h) = self.shared.hists.get(self.id) {
             h.absorb(&mut self.hist);
+        }
+        if let Some(h) = self.shared.pass_hists.get(self.id) {
+            h.absorb(&mut self.pass_hist);
         }
     }
 
@@ -1312,6 +1381,20 @@ mod tests {
         assert_eq!((c.duplicates, c.gaps, r.missing), (0, 0, 0), "{r:?}");
         assert_eq!(c.errors, [0; ErrorKind::ALL.len()], "{r:?}");
         assert!(r.latency.max > 0.0, "{r:?}");
+        assert_passes_sane(r);
+    }
+
+    /// Every worker timed its loop passes, and the figures are ordered.
+    fn assert_passes_sane(r: &Report) {
+        let p = &r.passes;
+        assert!(p.count > 0, "{r:?}");
+        assert!(0.0 < p.us.p50 && p.us.p50 <= p.us.p99, "{r:?}");
+        assert!(p.us.p99 <= p.us.max, "{r:?}");
+        assert_eq!(r.worker_passes.len(), 2, "one entry per worker: {r:?}");
+        let count: u64 = r.worker_passes.iter().map(|w| w.count).sum();
+        assert_eq!(count, p.count, "{r:?}");
+        let max = r.worker_passes.iter().map(|w| w.us.max).fold(0.0, f64::max);
+        assert!((max - p.us.max).abs() < 1e-9, "the slowest worker's: {r:?}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use crate::driver::{Config, Report};
-use crate::stats::{error_total, errors_by_kind};
+use crate::stats::{Passes, error_total, errors_by_kind};
 
 /// Which server the swarm drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -234,6 +234,7 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
             "max": r.latency.max,
         },
         "swarm_cpu_pct": r.swarm_cpu_pct,
+        "swarm_pass_us": pass_json(&r.passes, Some(&r.worker_passes)),
     });
     if let (Some(rel), Some(obj)) = (&r.relay, v.as_object_mut()) {
         let per_conn = if r.connected > 0 {
@@ -251,6 +252,23 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
         obj.insert("relay_cpu_ms_before".into(), json!(rel.before.cpu_ms));
         obj.insert("relay_cpu_ms_after".into(), json!(rel.after.cpu_ms));
         obj.insert("relay_cpu_pct".into(), json!(r.relay_cpu_pct));
+    }
+    v
+}
+
+/// Loop-pass figures: microsecond percentiles, the number of passes and,
+/// for the whole swarm, each worker's.
+fn pass_json(p: &Passes, workers: Option<&[Passes]>) -> serde_json::Value {
+    let mut v = json!({
+        "p50": p.us.p50,
+        "p99": p.us.p99,
+        "p999": p.us.p999,
+        "max": p.us.max,
+        "passes": p.count,
+    });
+    if let (Some(w), Some(obj)) = (workers, v.as_object_mut()) {
+        let list: Vec<_> = w.iter().map(|p| pass_json(p, None)).collect();
+        obj.insert("workers".into(), json!(list));
     }
     v
 }

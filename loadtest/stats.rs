@@ -367,6 +367,34 @@ fn unreachable_histogram() -> Histogram<u64> {
     panic!("hdrhistogram rejected constant bounds")
 }
 
+/// A histogram of loop-pass durations in nanoseconds (1 ns to 1 hour, 2
+/// significant digits: a pass is timed to 1%, and the histogram is small
+/// enough to hand over every few milliseconds).
+pub(crate) fn new_pass_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
+        .or_else(|_| Histogram::new(2))
+        .unwrap_or_else(|_| unreachable_histogram())
+}
+
+/// One worker's loop passes: how many, and their durations in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Passes {
+    /// Passes timed.
+    pub(crate) count: u64,
+    /// Their durations' percentiles, microseconds.
+    pub(crate) us: Latency,
+}
+
+impl Passes {
+    /// The figures of a nanosecond histogram of passes.
+    pub(crate) fn of(h: &Histogram<u64>) -> Passes {
+        Passes {
+            count: h.len(),
+            us: Latency::of(h),
+        }
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Latency {
@@ -409,10 +437,15 @@ pub(crate) struct SharedHistogram {
 }
 
 impl SharedHistogram {
-    /// An empty one.
+    /// An empty latency histogram ([`new_histogram`]).
     pub(crate) fn new() -> SharedHistogram {
+        SharedHistogram::with(new_histogram())
+    }
+
+    /// Starts from `h` (whose bounds every histogram absorbed must share).
+    pub(crate) fn with(h: Histogram<u64>) -> SharedHistogram {
         SharedHistogram {
-            inner: Mutex::new(new_histogram()),
+            inner: Mutex::new(h),
         }
     }
 
@@ -452,21 +485,32 @@ pub(crate) fn error_total(c: &LocalCounts) -> u64 {
     c.errors.iter().sum()
 }
 
-/// One line of the per-second report.
+/// One line of the per-second report; `passes`, one per worker, adds the
+/// swarm's loop health as `pass_us=[p99/max,...]`.
 pub(crate) fn report_line(
     elapsed_s: f64,
     phase: &str,
     c: &LocalCounts,
     per_sec: f64,
     lat: &Latency,
+    passes: &[Passes],
 ) -> String {
     let errs: Vec<String> = errors_by_kind(c)
         .into_iter()
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
+    let passes = if passes.is_empty() {
+        String::new()
+    } else {
+        let w: Vec<String> = passes
+            .iter()
+            .map(|p| format!("{}/{}", p.us.p99, p.us.max))
+            .collect();
+        format!(" pass_us=[{}]", w.join(","))
+    };
     format!(
         "[{elapsed_s:6.1}s {phase:<10}] connected={} sent={} delivered={} deliveries/s={:.0} \
-         p50={}us p90={}us p99={}us p99.9={}us max={}us errors={{{}}}",
+         p50={}us p90={}us p99={}us p99.9={}us max={}us errors={{{}}}{passes}",
         c.connected.saturating_sub(c.closed),
         c.sent,
         c.delivered,
@@ -573,6 +617,24 @@ mod tests {
         assert!((l.p99 - 990.0).abs() < 1.0, "{l:?}");
         assert!((l.max - 1000.0).abs() < 1.0, "{l:?}");
         assert_eq!(Latency::of(&new_histogram()), Latency::default());
+    }
+
+    #[test]
+    fn pass_figures_and_the_progress_line() {
+        let mut h = new_pass_histogram();
+        for us in [100u64, 200, 300, 40_000] {
+            h.record(us * 1000).unwrap();
+        }
+        let p = Passes::of(&h);
+        assert_eq!(p.count, 4);
+        assert!((p.us.max - 40_000.0).abs() <= 400.0, "2 digits: {p:?}");
+        assert!(p.us.p50 < 250.0, "{p:?}");
+        let c = LocalCounts::default();
+        let line = report_line(1.0, "running", &c, 0.0, &Latency::default(), &[p, p]);
+        let want = format!(" pass_us=[{}/{m},{}/{m}]", p.us.p99, p.us.p99, m = p.us.max);
+        assert!(line.ends_with(&want), "{line}");
+        let line = report_line(1.0, "connecting", &c, 0.0, &Latency::default(), &[]);
+        assert!(!line.contains("pass_us"), "{line}");
     }
 
     #[test]

@@ -78,6 +78,19 @@ fn assert_exactly_once(v: &serde_json::Value, connections: u64) {
     // The relay does not echo a sender's own message.
     assert_eq!(u(v, "self_echo"), 0, "{v:#}");
     assert!(v["latency_us"]["max"].as_f64().unwrap() > 0.0, "{v:#}");
+    // The swarm's own loop health: passes timed, per worker too.
+    let p = &v["swarm_pass_us"];
+    let f = |p: &serde_json::Value, k: &str| {
+        p[k].as_f64()
+            .unwrap_or_else(|| panic!("swarm_pass_us.{k} missing in {v:#}"))
+    };
+    assert!(u(p, "passes") > 0, "{v:#}");
+    assert!(f(p, "p50") > 0.0 && f(p, "p50") <= f(p, "p99"), "{v:#}");
+    assert!(f(p, "p99") <= f(p, "max"), "{v:#}");
+    let workers = p["workers"].as_array().expect("per-worker passes");
+    assert_eq!(workers.len() as u64, u(v, "threads"), "{v:#}");
+    let sum: u64 = workers.iter().map(|w| u(w, "passes")).sum();
+    assert_eq!(sum, u(p, "passes"), "{v:#}");
 }
 
 #[test]
