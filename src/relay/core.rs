@@ -200,8 +200,9 @@ impl std::hash::Hasher for IdHasher {
 }
 
 type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-/// Control buffers above this capacity are freed once drained.
-const CONTROL_KEEP_CAPACITY: usize = 16 * 1024;
+/// Room a connection's control buffer gets at its first reply after being
+/// drained (a receipt or a pong fits, so one allocation, no regrowth).
+const CONTROL_FIRST_CAPACITY: usize = 128;
 
 enum Auth {
     Challenge([u8; 32]),
@@ -790,12 +791,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 return (n, true);
             }
         }
+        // Drained: the buffer goes, so an idle connection holds none (tens
+        // of thousands of idle sessions would otherwise each keep the
+        // largest reply they ever had); the next reply allocates afresh.
         c.control_pos = 0;
-        if c.control.capacity() > CONTROL_KEEP_CAPACITY {
-            c.control = Vec::new();
-        } else {
-            c.control.clear();
-        }
+        c.control = Vec::new();
         if let Auth::User(u) = c.auth
             && !c.closing
             && let Some(user) = self.users.get(u as usize)
@@ -910,6 +910,9 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
 
     fn reply(&mut self, conn: ConnId, f: &Frame<'_>) {
         if let Some(c) = self.conns.get_mut(&conn) {
+            if c.control.capacity() == 0 {
+                c.control.reserve(CONTROL_FIRST_CAPACITY);
+            }
             f.encode(&mut c.control);
             self.mark_ready(conn);
         }

@@ -179,3 +179,74 @@ fn bulk_readiness_is_reported_apart_and_raised_by_ordinary_output() {
     core.fanning_out = false;
     assert_eq!(poll(&mut core), (vec![], vec![conn]), "reported afresh");
 }
+
+/// A drained connection holds no control buffer: not after the hello, not
+/// after the authenticated reply, not after a later pong; and each reply
+/// still goes out whole on a buffer allocated afresh.
+#[test]
+fn a_drained_connection_holds_no_control_buffer() {
+    let now = Instant::now();
+    let (mut core, _) = RelayCore::open(
+        MemStore::new(),
+        StdRng::seed_from_u64(1),
+        SigningKeyPair::from_secret_bytes(&[7; 32]),
+        RelayConfig::default(),
+        now,
+        1_000,
+    )
+    .unwrap();
+    let keys = SigningKeyPair::from_secret_bytes(&[3; 32]);
+    let record = core
+        .store
+        .append(records::KIND_ACCOUNT, 1_000, b"account")
+        .unwrap();
+    core.install_account(record, "alice", b"identity", keys.public_key());
+    let conn = ConnId(1);
+    core.handle_connect(conn, now);
+    let capacity = |core: &RelayCore<MemStore, StdRng>| core.conns[&conn].control.capacity();
+    assert!(capacity(&core) > 0, "the hello waits in the buffer");
+
+    // The hello, in two slices: the buffer stays until the last byte.
+    let mut out = Vec::new();
+    core.poll_transmit(conn, &mut out, 10);
+    assert!(capacity(&core) > 0);
+    while core.poll_transmit(conn, &mut out, 1 << 20) > 0 {}
+    assert_eq!(capacity(&core), 0, "released once the hello is out");
+    let (hello, n) = split_frame(&out, 1 << 20).unwrap().unwrap();
+    assert_eq!(n, out.len());
+    let Frame::Hello(hello) = Frame::decode(hello).unwrap() else {
+        panic!("not a hello");
+    };
+
+    let signature = keys.sign(&crate::wire::login_message(
+        &hello.challenge,
+        &core.relay_key(),
+        "alice",
+    ));
+    for (request, want) in [
+        (
+            Frame::Login {
+                name: "alice",
+                signature,
+            },
+            Frame::Authenticated {
+                name: "alice",
+                acked: 0,
+            },
+        ),
+        (Frame::Ping { nonce: 7 }, Frame::Pong { nonce: 7 }),
+        (Frame::Ping { nonce: 8 }, Frame::Pong { nonce: 8 }),
+    ] {
+        let bytes = request.to_vec();
+        assert_eq!(core.handle_bytes(conn, &bytes, now, 1_000), bytes.len());
+        assert!(capacity(&core) > 0, "the reply waits in the buffer");
+        let mut out = Vec::new();
+        while core.poll_transmit(conn, &mut out, 1 << 20) > 0 {}
+        assert_eq!(capacity(&core), 0, "released after {want:?}");
+        let (f, n) = split_frame(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(n, out.len());
+        assert_eq!(Frame::decode(f).unwrap(), want);
+    }
+    assert!(matches!(core.conns[&conn].auth, Auth::User(_)));
+    assert!(!core.has_pending_output(conn));
+}
