@@ -135,6 +135,19 @@ pub const RELAY_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// gets a gap notice.
 pub const RELAY_QUEUE_CAP: usize = 10_000;
 
+/// Most gap entries (dropped-message notices) in one member's queue before
+/// a new drop is merged into the newest notice of its (group, sender) even
+/// if a session was already sent that notice. Gap entries do not count
+/// against the queue cap; below this a drop merges only into a notice no
+/// session has been sent, so a member that reads but never acks gained one
+/// gap entry (and one drop record) per message past the cap, without bound.
+/// With it a queue holds at most this many gap entries plus one per
+/// (group, sender) pair with drops. Past it a live session may see a
+/// notice's count short by the drops merged after it was sent (the
+/// receiver then keeps skipped keys instead); a session that resumes from
+/// its ack sees the whole count.
+pub const RELAY_MAX_GAP_ENTRIES: usize = 1_024;
+
 /// Default sender quota: messages a user may have stored and not yet
 /// delivered to (and acked by) every recipient. A send over it is refused
 /// with `QuotaExceeded`, the only way besides a full store that a send fails.

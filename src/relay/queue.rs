@@ -4,8 +4,11 @@
 //!
 //! Dropping an entry (over the cap, past the time to live) replaces it with
 //! a gap entry for its (group, sender), or adds to such a gap entry that no
-//! session has been sent yet, so the number of gap entries is bounded by the
-//! number of distinct (group, sender) pairs with drops since the last push.
+//! session has been sent yet. Gap entries do not count against the cap, and
+//! a member that reads without acking would get one per drop; so once the
+//! queue holds `max_gaps` of them a drop merges into the newest gap entry of
+//! its pair, sent or not, and the gap entries stay at most `max_gaps` plus
+//! one per (group, sender) pair (`limits::RELAY_MAX_GAP_ENTRIES`).
 //! Every drop reports where it landed ([`Dropped`]) so the core can write
 //! the drop record (`records.rs`, kind `DROP`) that makes the gap survive a
 //! restart.
@@ -72,6 +75,8 @@ const FIRST_AFTER_SCAN: usize = 32;
 pub(crate) struct Queue {
     entries: VecDeque<Entry>,
     capped: usize,
+    /// Gap entries among `entries`.
+    gaps: usize,
 }
 
 impl Queue {
@@ -83,6 +88,12 @@ impl Queue {
     /// Entries that count against the cap.
     pub(crate) fn capped(&self) -> usize {
         self.capped
+    }
+
+    /// Gap entries (they do not count against the cap).
+    #[cfg(test)]
+    pub(crate) fn gaps(&self) -> usize {
+        self.gaps
     }
 
     /// The highest sequence number queued, if any.
@@ -146,6 +157,7 @@ impl Queue {
             seq,
             item: Item::Gap(gap),
         });
+        self.gaps += 1;
         true
     }
 
@@ -156,11 +168,14 @@ impl Queue {
             if e.seq > up_to {
                 break;
             }
-            if let Item::Msg { msg, capped } = e.item {
-                if capped {
-                    self.capped -= 1;
+            match e.item {
+                Item::Msg { msg, capped } => {
+                    if capped {
+                        self.capped -= 1;
+                    }
+                    released(msg);
                 }
-                released(msg);
+                Item::Gap(_) => self.gaps -= 1,
             }
             self.entries.pop_front();
         }
@@ -168,11 +183,13 @@ impl Queue {
 
     /// Drops the oldest capped entry (over the cap), turning it into a gap.
     /// `pushed` is the highest sequence number any session of this member
-    /// has been sent: a gap entry above it can still grow. Returns what was
+    /// has been sent: a gap entry above it can still grow (any gap entry of
+    /// the pair can, once the queue holds `max_gaps`). Returns what was
     /// dropped and where it went.
     pub(crate) fn evict_oldest(
         &mut self,
         pushed: u64,
+        max_gaps: usize,
         attribute: impl Fn(u32) -> (u32, u32),
     ) -> Option<Dropped> {
         let idx = self
@@ -187,28 +204,28 @@ impl Queue {
             return None;
         };
         let (group, sender) = attribute(msg);
-        let (_, gap_seq) = self.drop_at(idx, pushed, group, sender, None);
+        let (_, gap_seq) = self.drop_at(idx, pushed, max_gaps, group, sender, None);
         Some(Dropped { msg, seq, gap_seq })
     }
 
     /// Walks the queue from the front, dropping entries the verdict says to
-    /// drop, until it says stop. Calls `dropped` with each drop.
+    /// drop, until it says stop. Calls `dropped` with each drop. `pushed`
+    /// and `max_gaps` as for [`Queue::evict_oldest`].
     pub(crate) fn drop_while(
         &mut self,
         pushed: u64,
+        max_gaps: usize,
         mut verdict: impl FnMut(u32) -> Verdict,
         mut dropped: impl FnMut(Dropped),
     ) {
-        // Unsent gaps seen so far, by (group, sender): all before `idx`, so
-        // removing the entry at `idx` never moves them.
-        let mut open_gaps = HashMap::new();
+        // The newest gap seen so far of each (group, sender): all before
+        // `idx`, so removing the entry at `idx` never moves them.
+        let mut last_gaps = HashMap::new();
         let mut idx = 0;
         while let Some(e) = self.entries.get(idx).copied() {
             let msg = match e.item {
                 Item::Gap(g) => {
-                    if e.seq > pushed {
-                        open_gaps.insert((g.group, g.sender), idx);
-                    }
+                    last_gaps.insert((g.group, g.sender), idx);
                     idx += 1;
                     continue;
                 }
@@ -219,7 +236,7 @@ impl Queue {
                 Verdict::Keep => idx += 1,
                 Verdict::Drop { group, sender } => {
                     let (stayed, gap_seq) =
-                        self.drop_at(idx, pushed, group, sender, Some(&mut open_gaps));
+                        self.drop_at(idx, pushed, max_gaps, group, sender, Some(&mut last_gaps));
                     if stayed {
                         idx += 1;
                     }
@@ -233,17 +250,21 @@ impl Queue {
         }
     }
 
-    /// Replaces the message entry at `idx` by a gap, or merges it into an
-    /// earlier, unsent gap of the same (group, sender). Returns whether the
-    /// entry stayed (as a gap) at `idx` (false: it was removed), and the
-    /// sequence number of the gap entry that now counts it.
+    /// Replaces the message entry at `idx` by a gap, or merges it into the
+    /// newest earlier gap of the same (group, sender) if no session was sent
+    /// that gap, or if the queue holds `max_gaps` gap entries already.
+    /// `last_gaps` (from `drop_while`) is the index of the newest gap of
+    /// each pair before `idx`; without it the queue is searched. Returns
+    /// whether the entry stayed (as a gap) at `idx` (false: it was removed),
+    /// and the sequence number of the gap entry that now counts it.
     fn drop_at(
         &mut self,
         idx: usize,
         pushed: u64,
+        max_gaps: usize,
         group: u32,
         sender: u32,
-        open_gaps: Option<&mut HashMap<(u32, u32), usize>>,
+        last_gaps: Option<&mut HashMap<(u32, u32), usize>>,
     ) -> (bool, u64) {
         let seq = self.entries.get(idx).map_or(0, |e| e.seq);
         if let Some(Entry {
@@ -253,18 +274,19 @@ impl Queue {
         {
             self.capped -= 1;
         }
-        let mergeable = match &open_gaps {
+        let newest = match &last_gaps {
             Some(map) => map.get(&(group, sender)).copied(),
-            None => self.entries.iter().take(idx).rposition(|e| {
-                e.seq > pushed
-                    && matches!(e.item, Item::Gap(g) if g.group == group && g.sender == sender)
-            }),
+            None => self.entries.iter().take(idx).rposition(
+                |e| matches!(e.item, Item::Gap(g) if g.group == group && g.sender == sender),
+            ),
         };
-        if let Some(j) = mergeable
+        let full = self.gaps >= max_gaps;
+        if let Some(j) = newest
             && let Some(Entry {
                 seq: gap_seq,
                 item: Item::Gap(g),
             }) = self.entries.get_mut(j)
+            && (*gap_seq > pushed || full)
         {
             g.count = g.count.saturating_add(1);
             let gap_seq = *gap_seq;
@@ -277,9 +299,8 @@ impl Queue {
                 sender,
                 count: 1,
             });
-            if let Some(map) = open_gaps
-                && e.seq > pushed
-            {
+            self.gaps += 1;
+            if let Some(map) = last_gaps {
                 map.insert((group, sender), idx);
             }
         }
@@ -290,6 +311,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::RELAY_MAX_GAP_ENTRIES;
 
     fn gaps(q: &Queue) -> Vec<(u64, u32)> {
         q.entries()
@@ -310,12 +332,21 @@ mod tests {
         }
         assert_eq!(q.capped(), 4);
         let d = |msg, seq, gap_seq| Some(Dropped { msg, seq, gap_seq });
-        assert_eq!(q.evict_oldest(0, |_| (0, 7)), d(2, 2, 2));
-        assert_eq!(q.evict_oldest(0, |_| (0, 7)), d(3, 3, 2));
+        assert_eq!(
+            q.evict_oldest(0, RELAY_MAX_GAP_ENTRIES, |_| (0, 7)),
+            d(2, 2, 2)
+        );
+        assert_eq!(
+            q.evict_oldest(0, RELAY_MAX_GAP_ENTRIES, |_| (0, 7)),
+            d(3, 3, 2)
+        );
         assert_eq!(gaps(&q), vec![(2, 2)]);
         assert_eq!(q.capped(), 2);
         // Once the gap was sent (pushed >= 2) a new gap starts.
-        assert_eq!(q.evict_oldest(2, |_| (0, 7)), d(4, 4, 4));
+        assert_eq!(
+            q.evict_oldest(2, RELAY_MAX_GAP_ENTRIES, |_| (0, 7)),
+            d(4, 4, 4)
+        );
         assert_eq!(gaps(&q), vec![(2, 2), (4, 1)]);
         let mut released = Vec::new();
         q.ack(4, |m| released.push(m));
@@ -347,6 +378,7 @@ mod tests {
         let mut dropped = Vec::new();
         q.drop_while(
             0,
+            RELAY_MAX_GAP_ENTRIES,
             |m| match m {
                 1 => Verdict::Keep,
                 2 | 3 => Verdict::Drop {
@@ -378,5 +410,116 @@ mod tests {
         assert_eq!(q.gap_at(5), None);
         assert_eq!(q.gap_at(7), None);
         assert_eq!(q.capped(), 1);
+    }
+
+    /// A member whose session reads everything and never acks, with a cap
+    /// of `cap`: `rounds` messages from the pairs `pair(i)`, each dropped
+    /// over the cap once the session was sent it. Returns the queue and the
+    /// number of drops.
+    fn reader_never_acking(
+        cap: usize,
+        max_gaps: usize,
+        rounds: u32,
+        pair: impl Fn(u32) -> (u32, u32),
+    ) -> (Queue, u32) {
+        let mut q = Queue::default();
+        let mut drops = 0;
+        for i in 1..=rounds {
+            let seq = u64::from(i);
+            q.push(seq, i, true);
+            if q.capped() > cap {
+                // Every entry up to `seq` was sent to the session.
+                let d = q.evict_oldest(seq, max_gaps, &pair).unwrap();
+                assert!(d.gap_seq <= d.seq);
+                drops += 1;
+            }
+        }
+        (q, drops)
+    }
+
+    fn gap_total(q: &Queue) -> u32 {
+        gaps(q).iter().map(|&(_, n)| n).sum()
+    }
+
+    /// Gap entries do not count against the cap; without a bound a member
+    /// that reads but never acks gains one per drop (the first assertion
+    /// shows that growth), with it they stop at `max_gaps` and later drops
+    /// are counted in the newest notice of their pair: no drop goes
+    /// uncounted.
+    #[test]
+    fn gap_entries_of_a_never_acking_reader_stop_at_the_bound() {
+        let (unbounded, drops) = reader_never_acking(4, usize::MAX, 500, |_| (1, 2));
+        assert_eq!(drops, 496);
+        assert_eq!(unbounded.gaps(), 496, "one gap entry per drop");
+
+        let (q, drops) = reader_never_acking(4, 8, 500, |_| (1, 2));
+        assert_eq!(drops, 496);
+        assert_eq!(q.gaps(), 8);
+        assert_eq!(gaps(&q).len(), 8);
+        assert_eq!(q.capped(), 4);
+        assert_eq!(gap_total(&q), drops, "every drop is counted once");
+        assert_eq!(q.entries().len(), 8 + 4);
+        // The first seven notices are exact; the newest took the rest.
+        assert_eq!(gaps(&q).last(), Some(&(8, 496 - 7)));
+    }
+
+    /// Past the bound a pair with no notice yet still gets one (its drops
+    /// cannot be counted elsewhere), so the bound is `max_gaps` plus one
+    /// entry per (group, sender) pair.
+    #[test]
+    fn past_the_bound_only_a_new_pair_adds_a_gap_entry() {
+        let pairs = 20;
+        let (q, drops) = reader_never_acking(4, 8, 2_000, |m| (m % pairs, 7));
+        assert!(q.gaps() <= 8 + pairs as usize, "{} gap entries", q.gaps());
+        assert!(q.gaps() > 8, "new pairs past the bound still get a notice");
+        assert_eq!(gap_total(&q), drops);
+        // Acking everything leaves nothing, the gap count included.
+        q_ack_all(q);
+    }
+
+    fn q_ack_all(mut q: Queue) {
+        let last = q.last_seq().unwrap();
+        q.ack(last, |_| {});
+        assert_eq!((q.entries().len(), q.gaps(), q.capped()), (0, 0, 0));
+    }
+
+    /// The real bound, with a queue that keeps up (cap 16) over three times
+    /// as many drops.
+    #[test]
+    fn the_gap_entry_limit_holds() {
+        let rounds = u32::try_from(3 * RELAY_MAX_GAP_ENTRIES).unwrap();
+        let (q, drops) = reader_never_acking(16, RELAY_MAX_GAP_ENTRIES, rounds, |_| (3, 4));
+        assert_eq!(q.gaps(), RELAY_MAX_GAP_ENTRIES);
+        assert_eq!(gap_total(&q), drops);
+        q_ack_all(q);
+    }
+
+    /// Expiry (`drop_while`) obeys the same bound: under it a drop after a
+    /// sent notice starts a new one, at it the drop joins the sent notice.
+    #[test]
+    fn expiry_merges_into_a_sent_notice_only_at_the_bound() {
+        for (max_gaps, want) in [(8, vec![(1, 1), (2, 1), (3, 2)]), (2, vec![(1, 1), (2, 3)])] {
+            let mut q = Queue::default();
+            for s in 1..=5 {
+                q.push(s, u32::try_from(s).unwrap(), true);
+            }
+            let drop = |_| Verdict::Drop {
+                group: 1,
+                sender: 1,
+            };
+            let stop_after = |n: u32| {
+                move |m: u32| {
+                    if m <= n { drop(m) } else { Verdict::Stop }
+                }
+            };
+            // Entry 1 dropped and its notice sent, then 2, then 3 and 4
+            // together with nothing more sent.
+            q.drop_while(1, max_gaps, stop_after(1), |_| {});
+            q.drop_while(2, max_gaps, stop_after(2), |_| {});
+            q.drop_while(2, max_gaps, stop_after(4), |_| {});
+            assert_eq!(gaps(&q), want, "max_gaps {max_gaps}");
+            assert_eq!(q.gaps(), want.len());
+            assert_eq!(q.capped(), 1);
+        }
     }
 }

@@ -505,10 +505,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             let pushed = self.pushed_max(user);
             let msgs = &self.msgs;
             let evicted = self.users.get_mut(uid as usize).and_then(|user| {
-                user.queue.evict_oldest(pushed, |mm| {
-                    msgs.get(mm as usize)
-                        .map_or((0, 0), |x| (x.group, x.sender))
-                })
+                user.queue
+                    .evict_oldest(pushed, limits::RELAY_MAX_GAP_ENTRIES, |mm| {
+                        msgs.get(mm as usize)
+                            .map_or((0, 0), |x| (x.group, x.sender))
+                    })
             });
             if let Some(d) = evicted {
                 self.stats.dropped_over_cap += 1;
@@ -730,6 +731,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             if let Some(user) = self.users.get_mut(uid) {
                 user.queue.drop_while(
                     pushed,
+                    limits::RELAY_MAX_GAP_ENTRIES,
                     |m| {
                         let Some(msg) = msgs.get(m as usize) else {
                             return Verdict::Keep;

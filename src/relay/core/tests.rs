@@ -34,6 +34,13 @@ fn core_with_user() -> (RelayCore<MemStore, StdRng>, u32, ConnId, Instant) {
     (core, u, conn, now)
 }
 
+fn message_id(seq: u64) -> [u8; 16] {
+    let mut id = [0; 16];
+    id[..8].copy_from_slice(&seq.to_be_bytes());
+    id[8..].copy_from_slice(&seq.to_be_bytes());
+    id
+}
+
 /// A real group message queued for `u` at `seq`.
 fn queue_message(core: &mut RelayCore<MemStore, StdRng>, u: u32, seq: u64, text: &[u8]) {
     let mut payload = Vec::new();
@@ -42,7 +49,7 @@ fn queue_message(core: &mut RelayCore<MemStore, StdRng>, u: u32, seq: u64, text:
         "alice",
         &[9; 16],
         EntryKind::GroupMessage,
-        &[u8::try_from(seq).unwrap(); 16],
+        &message_id(seq),
         1_000,
         text,
     );
@@ -249,4 +256,36 @@ fn a_drained_connection_holds_no_control_buffer() {
     }
     assert!(matches!(core.conns[&conn].auth, Auth::User(_)));
     assert!(!core.has_pending_output(conn));
+}
+
+/// A session that reads every delivery and never acks: each message past
+/// the cap is dropped after it was sent, which used to leave one more gap
+/// entry (and one more pending drop record) each time. The gap entries stop
+/// at `RELAY_MAX_GAP_ENTRIES`, every drop is still counted, and the session
+/// keeps getting its messages.
+#[test]
+fn a_member_reading_without_acks_has_bounded_gap_entries() {
+    let (mut core, u, conn, _) = core_with_user();
+    core.config.queue_cap = 4;
+    let rounds = limits::RELAY_MAX_GAP_ENTRIES as u64 + 200;
+    let mut out = Vec::new();
+    for seq in 5..5 + rounds {
+        queue_message(&mut core, u, seq, b"m");
+        out.clear();
+        core.poll_transmit(conn, &mut out, 1 << 20);
+        assert_eq!(delivered(&out), vec![(seq, b"m".to_vec())]);
+    }
+    let q = &core.users[u as usize].queue;
+    assert_eq!(q.gaps(), limits::RELAY_MAX_GAP_ENTRIES);
+    assert_eq!(q.capped(), 4);
+    let counted: u64 = q
+        .entries()
+        .iter()
+        .filter_map(|e| match e.item {
+            Item::Gap(g) => Some(u64::from(g.count)),
+            Item::Msg { .. } => None,
+        })
+        .sum();
+    assert_eq!(counted, rounds - 4, "every drop counted once");
+    assert_eq!(core.dirty_gaps.len(), limits::RELAY_MAX_GAP_ENTRIES);
 }
