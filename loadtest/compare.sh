@@ -116,6 +116,7 @@ EOF
         taskset -c "$BROKER_CPU" "$HERMES" relay --listen "127.0.0.1:$port" \
             --data-dir "$dir/data" --fsync batch \
             --max-registrations-per-sec 1000000 --max-frames-per-sec 100000000 \
+            --max-accepts-per-sec 0 \
             >"$dir/stdout.log" 2>&1 &
         ;;
     esac

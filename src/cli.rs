@@ -107,6 +107,10 @@ pub struct RelayArgs {
     /// stops reading that socket for a moment.
     #[arg(long, default_value_t = crate::limits::RELAY_DEFAULT_FRAMES_PER_SEC)]
     pub max_frames_per_sec: u32,
+    /// New connections accepted per second, relay-wide, after a burst of
+    /// 5,000; past it they wait in the listen backlog. 0: no limit.
+    #[arg(long, default_value_t = crate::limits::RELAY_MAX_ACCEPTS_PER_SEC)]
+    pub max_accepts_per_sec: u32,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9333).
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -137,6 +141,7 @@ impl RelayArgs {
             },
             max_connections: self.max_connections,
             max_frames_per_sec: self.max_frames_per_sec,
+            max_accepts_per_sec: self.max_accepts_per_sec,
             metrics: self.metrics,
             handle_signals: true,
             ..crate::relay::ServerConfig::default()

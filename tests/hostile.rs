@@ -556,6 +556,34 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// The accept rate (`--max-accepts-per-sec`, here 50 a second after a
+/// burst of 5): 30 simultaneous connects past it wait in the listen
+/// backlog instead of being refused, and every one is greeted.
+#[test]
+fn connects_past_the_accept_rate_wait_in_the_backlog_and_are_all_greeted() {
+    let mut config = ServerConfig::ephemeral();
+    config.max_accepts_per_sec = 50;
+    config.accept_burst = 5;
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = spawn_relay(config).unwrap();
+    let addr = relay.addr();
+    let clients: Vec<_> = (0..30)
+        .map(|_| std::thread::spawn(move || RawClient::connect(addr)))
+        .collect();
+    for c in clients {
+        // `connect` reads the hello (or panics on a timeout or a close).
+        let c = c.join().expect("a connection was not greeted");
+        assert_ne!(c.relay_key, [0; 32]);
+    }
+    let body = http_get(relay.metrics_addr().unwrap(), "/metrics");
+    assert_eq!(metric(&body, "hermes_connections_accepted_total"), 30);
+    assert!(
+        metric(&body, "hermes_accepts_deferred_total") >= 1,
+        "{body}"
+    );
+    relay.join().unwrap();
+}
+
 /// The relay-wide output cap (`RELAY_MAX_QUEUED_OUTPUT`, here lowered to
 /// 1 MiB): members that never read are sent more than their socket
 /// buffers hold; the loop's unsent output stays within the cap plus one

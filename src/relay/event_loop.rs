@@ -2,7 +2,7 @@
 //! `slab`, feeding bytes to the pure [`RelayCore`] and pulling its output.
 //!
 //! ```text
-//!  poll(timeout) ─► events ─┬─ listener ──► accept (≤ RELAY_ACCEPTS_PER_PASS, gated on --max-connections)
+//!  poll(timeout) ─► events ─┬─ listener ──► accept (≤ RELAY_ACCEPTS_PER_PASS, gated on --max-connections and --max-accepts-per-sec)
 //!                           ├─ waker ─────► core.handle_durable()   (sync thread: records durable)
 //!                           ├─ signals ───► stop accepting, flush, exit
 //!                           ├─ metrics ───► tiny HTTP/1.0 responder
@@ -46,18 +46,19 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use slab::Slab;
 
-use super::conn::{AuthSniffer, Conn, ConnKey, FrameBucket, METRICS_TOKEN_BIT, Phase};
+use super::conn::{AuthSniffer, Conn, ConnKey, FrameBucket, METRICS_TOKEN_BIT, Phase, RateGate};
 use super::core::{CloseReason, ConnId, CoreError, RelayConfig, RelayCore};
 use super::metrics::{self, CoreCounters, HttpRequest, Metrics};
 use super::os;
 use crate::crypto::identity::SigningKeyPair;
 use crate::limits::{
-    RELAY_ACCEPTS_PER_PASS, RELAY_BULK_FLUSHES_PER_PASS, RELAY_CLOSE_LINGER,
+    RELAY_ACCEPT_BURST, RELAY_ACCEPTS_PER_PASS, RELAY_BULK_FLUSHES_PER_PASS, RELAY_CLOSE_LINGER,
     RELAY_DEFAULT_FRAMES_PER_SEC, RELAY_EVENTS_PER_POLL, RELAY_FD_RESERVE, RELAY_FLUSHES_PER_PASS,
-    RELAY_FRAME_TIMEOUT, RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG, RELAY_MAX_QUEUED_OUTPUT,
-    RELAY_METRICS_MAX_CLIENTS, RELAY_METRICS_MAX_REQUEST, RELAY_METRICS_TIMEOUT,
-    RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK, RELAY_SHUTDOWN_GRACE,
-    RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK, RELAY_UNAUTHENTICATED_READS_PER_PASS,
+    RELAY_FRAME_TIMEOUT, RELAY_HANDSHAKE_TIMEOUT, RELAY_LISTEN_BACKLOG, RELAY_MAX_ACCEPTS_PER_SEC,
+    RELAY_MAX_QUEUED_OUTPUT, RELAY_METRICS_MAX_CLIENTS, RELAY_METRICS_MAX_REQUEST,
+    RELAY_METRICS_TIMEOUT, RELAY_OUTPUT_BOUND, RELAY_READ_BUDGET_PER_PASS, RELAY_READ_CHUNK,
+    RELAY_SHUTDOWN_GRACE, RELAY_SUMMARY_INTERVAL, RELAY_THROTTLE_RECHECK,
+    RELAY_UNAUTHENTICATED_READS_PER_PASS,
 };
 use crate::mailbox::{FsyncPolicy, MemStore, MmapConfig, MmapStore, Store, StoreError};
 use crate::wire::{ErrorCode, ErrorFrame, Frame, LENGTH_PREFIX_LEN, split_frame};
@@ -91,6 +92,12 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// Frames per second per connection (and burst).
     pub max_frames_per_sec: u32,
+    /// New connections accepted per second, relay-wide, after a burst of
+    /// `accept_burst` ([`RELAY_MAX_ACCEPTS_PER_SEC`]); 0: no limit.
+    pub max_accepts_per_sec: u32,
+    /// Connections accepted at once before that rate applies
+    /// ([`RELAY_ACCEPT_BURST`]).
+    pub accept_burst: u32,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// How long a connection may stay unauthenticated.
@@ -118,6 +125,8 @@ impl Default for ServerConfig {
             fsync: FsyncPolicy::Batch,
             max_connections: None,
             max_frames_per_sec: RELAY_DEFAULT_FRAMES_PER_SEC,
+            max_accepts_per_sec: RELAY_MAX_ACCEPTS_PER_SEC,
+            accept_burst: RELAY_ACCEPT_BURST,
             metrics: None,
             handshake_timeout: RELAY_HANDSHAKE_TIMEOUT,
             frame_timeout: RELAY_FRAME_TIMEOUT,
@@ -547,6 +556,11 @@ fn start<S: Store>(
         lingers: VecDeque::new(),
         accept_more: false,
         accept_retry_at: None,
+        accept_gate: RateGate::new(
+            config.max_accepts_per_sec,
+            config.accept_burst,
+            Instant::now(),
+        ),
         next_summary: now + RELAY_SUMMARY_INTERVAL,
     };
     let result = server.run();
@@ -666,6 +680,8 @@ struct Server<S: Store> {
     lingers: VecDeque<(Instant, ConnKey)>,
     accept_more: bool,
     accept_retry_at: Option<Instant>,
+    /// The relay-wide accept rate ([`RELAY_MAX_ACCEPTS_PER_SEC`]).
+    accept_gate: RateGate,
     next_summary: Instant,
 }
 
@@ -834,7 +850,16 @@ impl<S: Store> Server<S> {
     fn accept(&mut self, now: Instant) {
         self.accept_more = false;
         self.accept_retry_at = None;
-        for _ in 0..RELAY_ACCEPTS_PER_PASS {
+        let allowed = self.accept_gate.available(now);
+        if allowed == 0 {
+            // Over the accept rate: the rest wait in the backlog until the
+            // next token (the listener's edge will not come again).
+            self.metrics.accepts_deferred += 1;
+            self.accept_more = true;
+            self.accept_retry_at = Some(self.accept_gate.next_token_at(now).max(now));
+            return;
+        }
+        for _ in 0..RELAY_ACCEPTS_PER_PASS.min(allowed) {
             if self.conns.len() >= self.max_connections {
                 // Gate: stop listening for accepts until a slot frees (the
                 // backlog holds the rest; `reap` re-registers).
@@ -845,7 +870,10 @@ impl<S: Store> Server<S> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.add_conn(stream, now),
+                Ok((stream, _)) => {
+                    self.accept_gate.spend();
+                    self.add_conn(stream, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -32,6 +32,8 @@ pub const PASS_THRESHOLDS_US: [u64; 4] = [250, 1_000, 4_000, 16_000];
 pub struct Metrics {
     /// Connections accepted.
     pub accepted: u64,
+    /// Times accepting waited for the accept rate (`--max-accepts-per-sec`).
+    pub accepts_deferred: u64,
     /// Connections closed (for any reason).
     pub closed: u64,
     /// Connections open now.
@@ -74,6 +76,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             accepted: 0,
+            accepts_deferred: 0,
             closed: 0,
             open: 0,
             max_connections: 0,
@@ -145,6 +148,12 @@ impl Metrics {
             "Connections accepted.",
             "counter",
             self.accepted,
+        );
+        counter(
+            "accepts_deferred_total",
+            "Times new connections were left in the backlog by the accept rate.",
+            "counter",
+            self.accepts_deferred,
         );
         counter(
             "connections_closed_total",
