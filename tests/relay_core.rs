@@ -1650,6 +1650,36 @@ fn registration_rate_limit<S: Restart>(store: S) {
         matches!(got.as_slice(), [Got::Authenticated { .. }]),
         "{got:?}"
     );
+
+    // Deliberate: the rate is taken before the signature checks, so a bad
+    // proof spends its token (else a flood of bad proofs would buy
+    // unlimited signature checks). The next good one waits for the refill.
+    sim.advance(Duration::from_secs(31));
+    let u = sim.new_user("a4");
+    let c = sim.connect();
+    let mut proof = u.keys.sign(&register_message(
+        &sim.challenges[&c],
+        &sim.core.relay_key(),
+        &u.name,
+    ));
+    proof[0] ^= 1;
+    sim.send(
+        c,
+        &Frame::Register {
+            name: &u.name,
+            identity: &u.identity,
+            proof,
+        },
+    );
+    assert_eq!(sim.recv(c), vec![Got::Error(ErrorCode::BadSignature)]);
+    let (_, got) = sim.register(&u);
+    assert_eq!(got, vec![Got::Error(ErrorCode::RegistrationRateLimited)]);
+    sim.advance(Duration::from_secs(31));
+    let (_, got) = sim.register(&u);
+    assert!(
+        matches!(got.as_slice(), [Got::Authenticated { .. }]),
+        "{got:?}"
+    );
 }
 
 /// Waits (briefly) until everything appended is durable, so compaction is

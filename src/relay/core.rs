@@ -90,7 +90,12 @@ pub struct RelayConfig {
     pub sender_quota: usize,
     /// How long a `(sender, message id)` is remembered for idempotent sends.
     pub dedupe_window_ms: u64,
-    /// Registrations allowed per minute, relay-wide (also the burst).
+    /// Registrations allowed per minute, relay-wide (also the burst). The
+    /// burst is kept equal to the rate: the set-ups that raise the rate
+    /// (load test, demo, test relays) register their users in one burst,
+    /// and accounts grow by the rate in the long run whatever the burst. A
+    /// token is taken before the proof is checked, so a bad proof spends
+    /// one (deliberately: bad proofs cannot buy unlimited signature checks).
     pub registrations_per_minute: u32,
     /// Key requests each user may send per minute (also the burst).
     pub key_requests_per_minute: u32,

@@ -46,7 +46,10 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         };
         // Cheap refusals first (no token spent on them), then the
         // relay-wide rate, and only then the two signature checks: a flood
-        // past the rate costs no cryptography.
+        // past the rate costs no cryptography. Deliberately, a request
+        // that then fails its signature checks has spent its token: were
+        // tokens spent only on success, bad proofs would buy unlimited
+        // signature checks (tests/relay_core.rs, registration_rate_limit).
         let Ok(name) = normalize_name(name) else {
             return self.fail(conn, ErrorCode::BadName, k, [0; 16], true);
         };
