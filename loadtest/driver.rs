@@ -32,8 +32,8 @@ use slab::Slab;
 
 use crate::proto::{Event, Member, Proto};
 use crate::stats::{
-    Counters, ErrorKind, Latency, LocalCounts, Passes, Receipt, STAMP_LEN, SeqTracker,
-    SharedHistogram, Stamp, Window, new_histogram, new_pass_histogram, report_line,
+    Counters, ErrorKind, Latency, LocalCounts, PassHistograms, Passes, Receipt, STAMP_LEN,
+    SeqTracker, SharedHistogram, SharedPasses, Stamp, Window, new_histogram, report_line,
 };
 use crate::sys::{self, ConnectError, ProcSample};
 
@@ -59,6 +59,12 @@ const ABSORB_EVERY: Duration = Duration::from_millis(20);
 /// this period; each loop pass handles the share of connections that is
 /// due, so they do not all go out in one burst.
 const PING_SCAN_EVERY: Duration = Duration::from_millis(100);
+/// Most connections one loop pass ticks. A tick usually writes an ack (a
+/// send syscall, ~4 µs on loopback); after a long pass (or a 20 ms poll
+/// timeout) the share due would be thousands of them in one go, each
+/// delaying the reads of deliveries waiting meanwhile. Capped, the rest is
+/// ticked over the next passes, which then poll without waiting.
+const MAX_TICKS_PER_PASS: usize = 64;
 /// How long the coordinator waits for workers to exit after `Done`.
 const JOIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -198,7 +204,7 @@ struct Shared {
     counters: Counters,
     hists: Vec<SharedHistogram>,
     /// Per worker: its loop passes' durations, nanoseconds.
-    pass_hists: Vec<SharedHistogram>,
+    pass_hists: Vec<SharedPasses>,
     window: Option<Window>,
     wakers: Vec<Waker>,
     wake_pending: Vec<AtomicBool>,
@@ -332,9 +338,7 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         start_ns: AtomicU64::new(0),
         counters: Counters::default(),
         hists: (0..threads).map(|_| SharedHistogram::new()).collect(),
-        pass_hists: (0..threads)
-            .map(|_| SharedHistogram::with(new_pass_histogram()))
-            .collect(),
+        pass_hists: (0..threads).map(|_| SharedPasses::new()).collect(),
         window,
         wakers,
         wake_pending: (0..threads).map(|_| AtomicBool::new(false)).collect(),
@@ -361,8 +365,8 @@ pub(crate) fn run<P: Proto + Send + 'static>(
 
     let mut total = new_histogram();
     let mut interval = new_histogram();
-    let mut pass_total: Vec<_> = (0..threads).map(|_| new_pass_histogram()).collect();
-    let mut pass_interval: Vec<_> = (0..threads).map(|_| new_pass_histogram()).collect();
+    let mut pass_total: Vec<_> = (0..threads).map(|_| PassHistograms::new()).collect();
+    let mut pass_interval: Vec<_> = (0..threads).map(|_| PassHistograms::new()).collect();
     let tick = Duration::from_secs(1);
     let n = u64::try_from(cfg.connections).unwrap_or(u64::MAX);
 
@@ -420,8 +424,8 @@ pub(crate) fn run<P: Proto + Send + 'static>(
                 .zip(&mut pass_total)
             {
                 h.drain_into(i);
-                passes.push(Passes::of(i));
-                let _ = t.add(&*i);
+                passes.push(i.figures());
+                t.add(i);
                 i.reset();
             }
             let secs = now.duration_since(last_tick).as_secs_f64().max(1e-9);
@@ -505,13 +509,13 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         relay_cpu_pct: cpu_pct(relay_run_before, relay_run_after),
         swarm_cpu_pct: cpu_pct(self_before, self_after),
         passes: {
-            let mut all = new_pass_histogram();
+            let mut all = PassHistograms::new();
             for t in &pass_total {
-                let _ = all.add(t);
+                all.add(t);
             }
-            Passes::of(&all)
+            all.figures()
         },
-        worker_passes: pass_total.iter().map(Passes::of).collect(),
+        worker_passes: pass_total.iter().map(PassHistograms::figures).collect(),
         counts,
     })
 }
@@ -628,10 +632,12 @@ struct Worker<P: Proto> {
     events_buf: Vec<Event>,
     local: LocalCounts,
     hist: Histogram<u64>,
-    /// Durations of this worker's loop passes, nanoseconds.
-    pass_hist: Histogram<u64>,
+    /// Durations of this worker's loop passes.
+    pass_hist: PassHistograms,
     last_absorb: Instant,
     last_ping_scan: Instant,
+    /// The round robin has connections due that the last pass left.
+    ticks_behind: bool,
     ping_cursor: usize,
     touched: Vec<usize>,
     run_tag: u32,
@@ -670,9 +676,10 @@ impl<P: Proto> Worker<P> {
             events_buf: Vec::new(),
             local: LocalCounts::default(),
             hist: new_histogram(),
-            pass_hist: new_pass_histogram(),
+            pass_hist: PassHistograms::new(),
             last_absorb: Instant::now(),
             last_ping_scan: Instant::now(),
+            ticks_behind: false,
             ping_cursor: 0,
             touched: Vec::new(),
             run_tag: std::process::id(),
@@ -684,7 +691,9 @@ impl<P: Proto> Worker<P> {
     /// end of the loop body (events, sends, ticks, flushes, hand-over);
     /// while a pass runs, deliveries wait in their sockets, so a long pass
     /// adds to the latency measured. Passes of the run and drain phases are
-    /// timed into `pass_hist` (the connect phase's handshakes are not).
+    /// timed into `pass_hist` (the connect phase's handshakes are not), in
+    /// wall time and in the thread's CPU time: a pass much longer in wall
+    /// time than on the CPU was preempted, not busy.
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut seen_phase = Phase::Connecting;
@@ -703,6 +712,7 @@ impl<P: Proto> Worker<P> {
                 self.open_more();
             }
             let timeout = match phase {
+                _ if self.ticks_behind => Duration::ZERO,
                 Phase::Connecting => Duration::from_millis(5),
                 Phase::Running if self.shared.cfg.rate.is_some() && !self.senders.is_empty() => {
                     Duration::from_millis(1)
@@ -716,6 +726,7 @@ impl<P: Proto> Worker<P> {
                 break;
             }
             let pass_start = Instant::now();
+            let cpu_start = sys::thread_cpu_ns();
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKE {
@@ -740,8 +751,9 @@ impl<P: Proto> Worker<P> {
                 self.absorb();
             }
             if phase != Phase::Connecting {
-                let ns = duration_ns(pass_start.elapsed());
-                self.pass_hist.saturating_record(ns.max(1));
+                let wall = duration_ns(pass_start.elapsed());
+                let cpu = sys::thread_cpu_ns().saturating_sub(cpu_start);
+                self.pass_hist.record(wall, cpu);
             }
         }
         self.absorb();
@@ -1225,8 +1237,11 @@ impl<P: Proto> Worker<P> {
     /// Visits every connection once per [`PING_SCAN_EVERY`], a share of
     /// them each pass (round robin, in proportion to the time since the
     /// last pass), so the ticks' acks and the pings reach the server
-    /// spread evenly, not as one burst from every connection at once.
+    /// spread evenly, not as one burst from every connection at once. At
+    /// most [`MAX_TICKS_PER_PASS`] a pass; the rest is left for the next
+    /// passes (`ticks_behind`).
     fn ping_due(&mut self) {
+        self.ticks_behind = false;
         let len = self.conns.len();
         if len == 0 {
             return;
@@ -1238,14 +1253,23 @@ impl<P: Proto> Worker<P> {
         if share == 0 {
             return;
         }
-        let visit = usize::try_from(share).unwrap_or(len).min(len);
+        let visit = usize::try_from(share)
+            .unwrap_or(len)
+            .min(len)
+            .min(MAX_TICKS_PER_PASS);
         // Advance by exactly the time the visited share stands for, so the
-        // remainder carries over; never fall more than one period behind.
+        // remainder carries over; never fall more than one period behind
+        // (those left tick a period late, and their acks cover more).
         self.last_ping_scan = if visit == len {
             now
         } else {
-            let spent = u64::try_from(share * period / len as u128).unwrap_or(u64::MAX);
-            self.last_ping_scan + Duration::from_nanos(spent)
+            self.ticks_behind = (visit as u128) < share;
+            let spent = u64::try_from(visit as u128 * period / len as u128).unwrap_or(u64::MAX);
+            let next = self.last_ping_scan + Duration::from_nanos(spent);
+            match now.checked_sub(PING_SCAN_EVERY) {
+                Some(floor) if next < floor => floor,
+                _ => next,
+            }
         };
         let now_ns = self.shared.now_ns();
         let interval = duration_ns(self.shared.cfg.ping_interval);
@@ -1395,6 +1419,9 @@ mod tests {
         assert_eq!(count, p.count, "{r:?}");
         let max = r.worker_passes.iter().map(|w| w.us.max).fold(0.0, f64::max);
         assert!((max - p.us.max).abs() < 1e-9, "the slowest worker's: {r:?}");
+        assert!(0.0 < p.cpu_us.max, "{r:?}");
+        // On-CPU time within a pass cannot exceed its wall time (2 digits).
+        assert!(p.cpu_us.max <= p.us.max * 1.02, "{r:?}");
     }
 
     #[test]

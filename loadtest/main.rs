@@ -265,6 +265,7 @@ fn pass_json(p: &Passes, workers: Option<&[Passes]>) -> serde_json::Value {
         "p999": p.us.p999,
         "max": p.us.max,
         "passes": p.count,
+        "cpu": {"p99": p.cpu_us.p99, "max": p.cpu_us.max},
     });
     if let (Some(w), Some(obj)) = (workers, v.as_object_mut()) {
         let list: Vec<_> = w.iter().map(|p| pass_json(p, None)).collect();

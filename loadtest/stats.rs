@@ -370,27 +370,99 @@ fn unreachable_histogram() -> Histogram<u64> {
 /// A histogram of loop-pass durations in nanoseconds (1 ns to 1 hour, 2
 /// significant digits: a pass is timed to 1%, and the histogram is small
 /// enough to hand over every few milliseconds).
-pub(crate) fn new_pass_histogram() -> Histogram<u64> {
+fn new_pass_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
         .or_else(|_| Histogram::new(2))
         .unwrap_or_else(|_| unreachable_histogram())
 }
 
-/// One worker's loop passes: how many, and their durations in microseconds.
+/// Loop passes: how many, and their durations in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Passes {
     /// Passes timed.
     pub(crate) count: u64,
-    /// Their durations' percentiles, microseconds.
+    /// Wall time from `poll`'s return to the end of the pass.
     pub(crate) us: Latency,
+    /// The worker thread's CPU time in the pass: well below `us` when the
+    /// thread was preempted (another task on its core) during the pass.
+    pub(crate) cpu_us: Latency,
 }
 
-impl Passes {
-    /// The figures of a nanosecond histogram of passes.
-    pub(crate) fn of(h: &Histogram<u64>) -> Passes {
+/// Loop-pass durations in nanoseconds, wall and on-CPU.
+#[derive(Debug)]
+pub(crate) struct PassHistograms {
+    wall: Histogram<u64>,
+    cpu: Histogram<u64>,
+}
+
+impl PassHistograms {
+    /// Empty ones.
+    pub(crate) fn new() -> PassHistograms {
+        PassHistograms {
+            wall: new_pass_histogram(),
+            cpu: new_pass_histogram(),
+        }
+    }
+
+    /// One pass.
+    pub(crate) fn record(&mut self, wall_ns: u64, cpu_ns: u64) {
+        self.wall.saturating_record(wall_ns.max(1));
+        self.cpu.saturating_record(cpu_ns.max(1));
+    }
+
+    /// Adds `other`'s passes.
+    pub(crate) fn add(&mut self, other: &PassHistograms) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.wall.add(&other.wall);
+        let _ = self.cpu.add(&other.cpu);
+    }
+
+    /// Forgets every pass.
+    pub(crate) fn reset(&mut self) {
+        self.wall.reset();
+        self.cpu.reset();
+    }
+
+    /// The figures.
+    pub(crate) fn figures(&self) -> Passes {
         Passes {
-            count: h.len(),
-            us: Latency::of(h),
+            count: self.wall.len(),
+            us: Latency::of(&self.wall),
+            cpu_us: Latency::of(&self.cpu),
+        }
+    }
+}
+
+/// A worker's pass histograms, handed to the reporter in batches.
+#[derive(Debug)]
+pub(crate) struct SharedPasses {
+    inner: Mutex<PassHistograms>,
+}
+
+impl SharedPasses {
+    /// Empty.
+    pub(crate) fn new() -> SharedPasses {
+        SharedPasses {
+            inner: Mutex::new(PassHistograms::new()),
+        }
+    }
+
+    /// Adds `local` and clears it.
+    pub(crate) fn absorb(&self, local: &mut PassHistograms) {
+        if local.wall.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.inner.lock() {
+            h.add(local);
+        }
+        local.reset();
+    }
+
+    /// Moves everything collected so far into `into`.
+    pub(crate) fn drain_into(&self, into: &mut PassHistograms) {
+        if let Ok(mut h) = self.inner.lock() {
+            into.add(&h);
+            h.reset();
         }
     }
 }
@@ -437,15 +509,10 @@ pub(crate) struct SharedHistogram {
 }
 
 impl SharedHistogram {
-    /// An empty latency histogram ([`new_histogram`]).
+    /// An empty one.
     pub(crate) fn new() -> SharedHistogram {
-        SharedHistogram::with(new_histogram())
-    }
-
-    /// Starts from `h` (whose bounds every histogram absorbed must share).
-    pub(crate) fn with(h: Histogram<u64>) -> SharedHistogram {
         SharedHistogram {
-            inner: Mutex::new(h),
+            inner: Mutex::new(new_histogram()),
         }
     }
 
@@ -486,7 +553,8 @@ pub(crate) fn error_total(c: &LocalCounts) -> u64 {
 }
 
 /// One line of the per-second report; `passes`, one per worker, adds the
-/// swarm's loop health as `pass_us=[p99/max,...]`.
+/// swarm's loop health as `pass_us=[p99/max/cpu_max,...]` (the passes' wall
+/// time p99 and max, and the longest on-CPU time of a pass).
 pub(crate) fn report_line(
     elapsed_s: f64,
     phase: &str,
@@ -504,7 +572,7 @@ pub(crate) fn report_line(
     } else {
         let w: Vec<String> = passes
             .iter()
-            .map(|p| format!("{}/{}", p.us.p99, p.us.max))
+            .map(|p| format!("{}/{}/{}", p.us.p99, p.us.max, p.cpu_us.max))
             .collect();
         format!(" pass_us=[{}]", w.join(","))
     };
@@ -621,18 +689,26 @@ mod tests {
 
     #[test]
     fn pass_figures_and_the_progress_line() {
-        let mut h = new_pass_histogram();
+        let mut h = PassHistograms::new();
         for us in [100u64, 200, 300, 40_000] {
-            h.record(us * 1000).unwrap();
+            // The long one was mostly preempted.
+            h.record(us * 1000, us.min(1000) * 900);
         }
-        let p = Passes::of(&h);
+        let shared = SharedPasses::new();
+        shared.absorb(&mut h);
+        assert_eq!(h.figures().count, 0, "handed over");
+        let mut total = PassHistograms::new();
+        shared.drain_into(&mut total);
+        shared.drain_into(&mut total);
+        let p = total.figures();
         assert_eq!(p.count, 4);
         assert!((p.us.max - 40_000.0).abs() <= 400.0, "2 digits: {p:?}");
         assert!(p.us.p50 < 250.0, "{p:?}");
+        assert!((p.cpu_us.max - 900.0).abs() <= 9.0, "{p:?}");
         let c = LocalCounts::default();
         let line = report_line(1.0, "running", &c, 0.0, &Latency::default(), &[p, p]);
-        let want = format!(" pass_us=[{}/{m},{}/{m}]", p.us.p99, p.us.p99, m = p.us.max);
-        assert!(line.ends_with(&want), "{line}");
+        let one = format!("{}/{}/{}", p.us.p99, p.us.max, p.cpu_us.max);
+        assert!(line.ends_with(&format!(" pass_us=[{one},{one}]")), "{line}");
         let line = report_line(1.0, "connecting", &c, 0.0, &Latency::default(), &[]);
         assert!(!line.contains("pass_us"), "{line}");
     }

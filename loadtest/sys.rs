@@ -159,6 +159,14 @@ pub(crate) struct ProcSample {
     pub(crate) cpu_ms: u64,
 }
 
+/// The calling thread's CPU time, nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
 /// Reads `pid`'s RSS and CPU time (`"self"` for this process).
 ///
 /// # Errors

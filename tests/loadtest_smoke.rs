@@ -87,6 +87,8 @@ fn assert_exactly_once(v: &serde_json::Value, connections: u64) {
     assert!(u(p, "passes") > 0, "{v:#}");
     assert!(f(p, "p50") > 0.0 && f(p, "p50") <= f(p, "p99"), "{v:#}");
     assert!(f(p, "p99") <= f(p, "max"), "{v:#}");
+    let cpu_max = f(&p["cpu"], "max");
+    assert!(0.0 < cpu_max && cpu_max <= f(p, "max") * 1.02, "{v:#}");
     let workers = p["workers"].as_array().expect("per-worker passes");
     assert_eq!(workers.len() as u64, u(v, "threads"), "{v:#}");
     let sum: u64 = workers.iter().map(|w| u(w, "passes")).sum();
