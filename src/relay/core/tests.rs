@@ -8,9 +8,10 @@ use super::*;
 use crate::mailbox::MemStore;
 use crate::wire::Deliver;
 
-fn core_with_user() -> (RelayCore<MemStore, StdRng>, u32, ConnId, Instant) {
+/// A core over an empty memory store, opened at the returned instant.
+fn fresh_core() -> (RelayCore<MemStore, StdRng>, Instant) {
     let now = Instant::now();
-    let (mut core, _) = RelayCore::open(
+    let (core, _) = RelayCore::open(
         MemStore::new(),
         StdRng::seed_from_u64(1),
         SigningKeyPair::from_secret_bytes(&[7; 32]),
@@ -19,6 +20,11 @@ fn core_with_user() -> (RelayCore<MemStore, StdRng>, u32, ConnId, Instant) {
         1_000,
     )
     .unwrap();
+    (core, now)
+}
+
+fn core_with_user() -> (RelayCore<MemStore, StdRng>, u32, ConnId, Instant) {
+    let (mut core, now) = fresh_core();
     let record = core
         .store
         .append(records::KIND_ACCOUNT, 1_000, b"account")
@@ -192,16 +198,7 @@ fn bulk_readiness_is_reported_apart_and_raised_by_ordinary_output() {
 /// still goes out whole on a buffer allocated afresh.
 #[test]
 fn a_drained_connection_holds_no_control_buffer() {
-    let now = Instant::now();
-    let (mut core, _) = RelayCore::open(
-        MemStore::new(),
-        StdRng::seed_from_u64(1),
-        SigningKeyPair::from_secret_bytes(&[7; 32]),
-        RelayConfig::default(),
-        now,
-        1_000,
-    )
-    .unwrap();
+    let (mut core, now) = fresh_core();
     let keys = SigningKeyPair::from_secret_bytes(&[3; 32]);
     let record = core
         .store
