@@ -760,6 +760,7 @@ impl<P: Proto> Worker<P> {
         for (_, c) in self.conns.iter_mut() {
             if let Some(mut s) = c.stream.take() {
                 let _ = self.poll.registry().deregister(&mut s);
+                sys::reset_on_close(&s);
             }
         }
     }

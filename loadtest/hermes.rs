@@ -440,6 +440,13 @@ struct Blocking {
     relay_key: [u8; 32],
 }
 
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        // The step is over (its answer was read); no TIME_WAIT left behind.
+        crate::sys::reset_on_close(&self.stream);
+    }
+}
+
 impl Blocking {
     fn open(server: SocketAddr, deadline: Instant) -> Result<Blocking, HermesError> {
         let left = deadline
