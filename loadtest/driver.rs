@@ -158,6 +158,10 @@ pub(crate) struct Report {
     pub(crate) relay_cpu_pct: Option<f64>,
     /// The swarm's own CPU use during the run phase, percent of one core.
     pub(crate) swarm_cpu_pct: Option<f64>,
+    /// How long the swarm's threads waited for a CPU while runnable during
+    /// the run phase (preempted, or woken and not yet running), summed over
+    /// threads, percent of the run.
+    pub(crate) swarm_runq_wait_pct: Option<f64>,
     /// The workers' loop passes during the run and drain phases, all
     /// workers together (see [`Worker::run`]) ...
     pub(crate) passes: Passes,
@@ -394,6 +398,7 @@ pub(crate) fn run<P: Proto + Send + 'static>(
     };
     let relay_connected = sample_relay();
     let self_before = sys::proc_sample("self").ok();
+    let wait_before = sys::runq_wait_ns().ok();
     let relay_run_before = relay_connected;
 
     // Running.
@@ -443,6 +448,7 @@ pub(crate) fn run<P: Proto + Send + 'static>(
     let delivered_in_run = shared.counters.snapshot().delivered;
     let relay_run_after = sample_relay();
     let self_after = sys::proc_sample("self").ok();
+    let wait_after = sys::runq_wait_ns().ok();
 
     // Draining: until everything sent is accounted for, or the drain time.
     shared.set_phase(Phase::Draining);
@@ -508,6 +514,9 @@ pub(crate) fn run<P: Proto + Send + 'static>(
         relay,
         relay_cpu_pct: cpu_pct(relay_run_before, relay_run_after),
         swarm_cpu_pct: cpu_pct(self_before, self_after),
+        swarm_runq_wait_pct: wait_before
+            .zip(wait_after)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e7 / run_secs.max(1e-9)),
         passes: {
             let mut all = PassHistograms::new();
             for t in &pass_total {

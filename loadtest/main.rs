@@ -234,6 +234,7 @@ fn report_json(a: &Args, cfg: &Config, r: &Report) -> serde_json::Value {
             "max": r.latency.max,
         },
         "swarm_cpu_pct": r.swarm_cpu_pct,
+        "swarm_runq_wait_pct": r.swarm_runq_wait_pct,
         "swarm_pass_us": pass_json(&r.passes, Some(&r.worker_passes)),
     });
     if let (Some(rel), Some(obj)) = (&r.relay, v.as_object_mut()) {

@@ -205,6 +205,30 @@ pub(crate) fn parse_vmrss(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// How long this process's threads have been runnable but waiting for a
+/// CPU (the run queue), nanoseconds, summed over its threads
+/// (`/proc/self/task/*/schedstat`, second field).
+///
+/// # Errors
+/// `/proc/self/task` cannot be listed.
+pub(crate) fn runq_wait_ns() -> io::Result<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(entry?.path().join("schedstat")) else {
+            continue;
+        };
+        total = total.saturating_add(parse_schedstat_wait(&text).unwrap_or(0));
+    }
+    Ok(total)
+}
+
+/// The run-queue wait (second field) of a `schedstat` line: `on-CPU ns,
+/// waiting ns, time slices`.
+pub(crate) fn parse_schedstat_wait(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command
 /// name (field 2) may hold spaces and parentheses, so fields are counted from
 /// the last `)`.
@@ -262,6 +286,18 @@ mod tests {
         let s = "Name:\tredis\nVmPeak:\t  9000 kB\nVmRSS:\t    4321 kB\nThreads: 4\n";
         assert_eq!(parse_vmrss(s), Some(4321));
         assert_eq!(parse_vmrss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn parses_schedstat_and_reads_our_own() {
+        assert_eq!(
+            parse_schedstat_wait("5080000000 234000000 11615\n"),
+            Some(234_000_000)
+        );
+        assert_eq!(parse_schedstat_wait("5080000000\n"), None);
+        assert_eq!(parse_schedstat_wait("5 x 1"), None);
+        // Some thread of this test process has a schedstat to read.
+        assert!(runq_wait_ns().is_ok());
     }
 
     #[test]

@@ -87,6 +87,10 @@ fn assert_exactly_once(v: &serde_json::Value, connections: u64) {
     assert!(u(p, "passes") > 0, "{v:#}");
     assert!(f(p, "p50") > 0.0 && f(p, "p50") <= f(p, "p99"), "{v:#}");
     assert!(f(p, "p99") <= f(p, "max"), "{v:#}");
+    let wait = v["swarm_runq_wait_pct"]
+        .as_f64()
+        .expect("swarm_runq_wait_pct");
+    assert!(wait >= 0.0, "{v:#}");
     let cpu_max = f(&p["cpu"], "max");
     assert!(0.0 < cpu_max && cpu_max <= f(p, "max") * 1.02, "{v:#}");
     let workers = p["workers"].as_array().expect("per-worker passes");
