@@ -2,8 +2,9 @@
 # Runs the issue's load shapes (1 fan-out, 2 many groups, 3 idle, 4 the
 # wide variant of many groups: 10,000 connections at 1 msg/s each) against
 # a Hermes relay, mosquitto and redis-server on this machine, side by side,
-# and prints a table of figures and ratios (with the swarm's own CPU and
-# its loop passes: p99/max wall time and the longest on-CPU, microseconds).
+# and prints a table of figures and ratios (with the swarm's own CPU, the
+# share of the run its threads waited for a CPU, and its loop passes:
+# p99/max wall time and the longest on-CPU, microseconds).
 #
 #   loadtest/compare.sh                  # all shapes, all targets
 #   SHAPES="1 2" TARGETS="mqtt redis" loadtest/compare.sh
@@ -188,7 +189,7 @@ for shape in $SHAPES; do
     if [ "$shape" = 3 ]; then
         printf "%-7s %10s %10s %9s %12s %12s %10s %8s\n" target connected connects/s errors rss_before rss_after KiB/conn cpu%
     else
-        printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s %16s\n" target deliveries/s p50_us p99_us p999_us max_us missing dups errors cpu% swarm% pass_p99/max/cpu
+        printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s %6s %16s\n" target deliveries/s p50_us p99_us p999_us max_us missing dups errors cpu% swarm% wait% pass_p99/max/cpu
     fi
     for t in $TARGETS; do
         f="$OUT/shape$shape-$t/report.json"
@@ -199,11 +200,12 @@ for shape in $SHAPES; do
                 "$(j "$f" '.relay_rss_kib_per_connection | if . == null then null else (. * 100 | round / 100) end')" \
                 "$(j "$f" '.relay_cpu_pct | if . == null then null else round end')"
         else
-            printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s %16s\n" "$t" "$(j "$f" .deliveries_per_sec)" \
+            printf "%-7s %12s %9s %9s %9s %9s %9s %8s %6s %6s %6s %6s %16s\n" "$t" "$(j "$f" .deliveries_per_sec)" \
                 "$(j "$f" .latency_us.p50)" "$(j "$f" .latency_us.p99)" "$(j "$f" .latency_us.p999)" \
                 "$(j "$f" .latency_us.max)" "$(j "$f" .missing)" "$(j "$f" .duplicates)" "$(j "$f" .errors)" \
                 "$(j "$f" '.relay_cpu_pct | if . == null then null else round end')" \
                 "$(j "$f" '.swarm_cpu_pct | if . == null then null else round end')" \
+                "$(j "$f" '.swarm_runq_wait_pct | if . == null then null else (. * 10 | round / 10) end')" \
                 "$(j "$f" '.swarm_pass_us | if . == null then null else "\(.p99 | round)/\(.max | round)/\(.cpu.max | round)" end')"
         fi
     done
