@@ -58,31 +58,40 @@ pub(crate) fn is_file_limit(e: &io::Error) -> bool {
 /// # Errors
 /// [`ConnectError::SourceExhausted`] when `src` has no ephemeral port left.
 pub(crate) fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream, ConnectError> {
-    let classify = |e: io::Error| match Errno::from_io_error(&e) {
-        Some(Errno::ADDRINUSE | Errno::ADDRNOTAVAIL) => ConnectError::SourceExhausted,
-        _ => ConnectError::Io(e),
-    };
-    // socket2 opens it close-on-exec; the Socket closes it on every early
-    // return below.
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(ConnectError::Io)?;
+    let socket = source_socket(src, dst)?;
     socket.set_nonblocking(true).map_err(ConnectError::Io)?;
-    // 127.0.0.1 is where the kernel connects from anyway: no bind, so the
-    // port is chosen at connect time, per destination and reusing TIME_WAIT
-    // ports on loopback. bind(port 0) must find a port free of every
-    // TIME_WAIT socket: with tens of thousands of them left by the previous
-    // run, each bind scanned the range and connects fell from ~7,000 to
-    // ~1,300 a second.
-    if src != Ipv4Addr::LOCALHOST || !dst.ip().is_loopback() {
-        socket
-            .bind(&SockAddr::from(SocketAddrV4::new(src, 0)))
-            .map_err(classify)?;
-    }
     match socket.connect(&SockAddr::from(dst)) {
         Ok(()) => {}
         Err(e) if Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {}
         Err(e) => return Err(classify(e)),
     }
     Ok(TcpStream::from(socket))
+}
+
+/// `SourceExhausted` for "no port left on that source address".
+fn classify(e: io::Error) -> ConnectError {
+    match Errno::from_io_error(&e) {
+        Some(Errno::ADDRINUSE | Errno::ADDRNOTAVAIL) => ConnectError::SourceExhausted,
+        _ => ConnectError::Io(e),
+    }
+}
+
+/// A TCP socket that will connect to `dst` from `src`: bound to `src`
+/// (any port), except from 127.0.0.1 to loopback, where the kernel
+/// connects from anyway. Unbound, the port is chosen at connect time, per
+/// destination and reusing TIME_WAIT ports on loopback; `bind(port 0)`
+/// must find a port free of every TIME_WAIT socket, and with tens of
+/// thousands of them left by the previous run each bind scanned the range
+/// (connects fell from ~7,000 to ~1,300 a second). socket2 opens it
+/// close-on-exec; dropping it closes it.
+fn source_socket(src: Ipv4Addr, dst: SocketAddrV4) -> Result<Socket, ConnectError> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(ConnectError::Io)?;
+    if src != Ipv4Addr::LOCALHOST || !dst.ip().is_loopback() {
+        socket
+            .bind(&SockAddr::from(SocketAddrV4::new(src, 0)))
+            .map_err(classify)?;
+    }
+    Ok(socket)
 }
 
 /// The last octet of the source address [`connect_blocking`] uses now.
@@ -117,26 +126,15 @@ pub(crate) fn connect_blocking(
                 "no ephemeral port left on 127.0.0.1-127.0.0.254",
             ));
         }
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        let exhausted = |e: &io::Error| {
-            matches!(
-                Errno::from_io_error(e),
-                Some(Errno::ADDRINUSE | Errno::ADDRNOTAVAIL)
-            )
-        };
-        // From 127.0.0.1 without a bind (see `connect_from`).
-        let bound = if last == 1 {
-            Ok(())
-        } else {
-            socket.bind(&SockAddr::from(SocketAddrV4::new(
-                Ipv4Addr::new(127, 0, 0, last),
-                0,
-            )))
-        };
-        let attempt = bound.and_then(|()| socket.connect_timeout(&SockAddr::from(v4), timeout));
+        let attempt = source_socket(Ipv4Addr::new(127, 0, 0, last), v4).and_then(|socket| {
+            socket
+                .connect_timeout(&SockAddr::from(v4), timeout)
+                .map_err(classify)?;
+            Ok(socket)
+        });
         match attempt {
-            Ok(()) => return Ok(TcpStream::from(socket)),
-            Err(e) if exhausted(&e) => {
+            Ok(socket) => return Ok(TcpStream::from(socket)),
+            Err(ConnectError::SourceExhausted) => {
                 // Move every thread on to the next address (once).
                 let _ = BLOCKING_SRC_OCTET.compare_exchange(
                     last,
@@ -145,7 +143,7 @@ pub(crate) fn connect_blocking(
                     Ordering::Acquire,
                 );
             }
-            Err(e) => return Err(e),
+            Err(ConnectError::Io(e)) => return Err(e),
         }
     }
 }

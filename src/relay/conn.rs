@@ -131,96 +131,41 @@ impl AuthSniffer {
     }
 }
 
-/// A token bucket of frames per second (rate and burst both `per_sec`).
+/// A token bucket: `per_sec` tokens a second, at most `burst` held. Each
+/// connection's frames per second (burst = rate) and the loop's
+/// relay-wide accept rate (burst [`crate::limits::RELAY_ACCEPT_BURST`]).
 #[derive(Debug, Clone, Copy)]
-pub struct FrameBucket {
+pub struct RateBucket {
     tokens: u32,
     last: Instant,
 }
 
-impl FrameBucket {
+impl RateBucket {
     /// A full bucket.
     #[must_use]
-    pub fn new(per_sec: u32, now: Instant) -> Self {
+    pub fn new(burst: u32, now: Instant) -> Self {
         Self {
-            tokens: per_sec,
+            tokens: burst,
             last: now,
         }
     }
 
-    /// Frames allowed now, after refilling for the time since the last call.
-    pub fn available(&mut self, per_sec: u32, now: Instant) -> u32 {
+    /// Tokens available now, after refilling for the time since the last
+    /// token came (fractions carry over: `last` moves only with a token).
+    pub fn available(&mut self, per_sec: u32, burst: u32, now: Instant) -> u32 {
         let elapsed = now.saturating_duration_since(self.last);
         let add = elapsed.as_micros().saturating_mul(u128::from(per_sec)) / 1_000_000;
         if add > 0 {
             let add = u32::try_from(add).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(add).min(per_sec);
+            self.tokens = self.tokens.saturating_add(add).min(burst);
             self.last = now;
         }
         self.tokens
     }
 
-    /// Spends `n` frames (at most what [`FrameBucket::available`] said).
+    /// Spends `n` tokens (at most what [`RateBucket::available`] said).
     pub fn spend(&mut self, n: u32) {
         self.tokens = self.tokens.saturating_sub(n);
-    }
-}
-
-/// A token bucket with a rate and a separate burst, refilled in
-/// millionths of a token (exact at any rate up to `u32::MAX` a second).
-/// The relay's accept gate ([`crate::limits::RELAY_MAX_ACCEPTS_PER_SEC`]).
-#[derive(Debug, Clone)]
-pub struct RateGate {
-    /// Tokens a second; 0: no limit.
-    per_sec: u32,
-    /// Most tokens held, in millionths.
-    cap_micro: u64,
-    tokens_micro: u64,
-    last: Instant,
-}
-
-impl RateGate {
-    /// A full gate: `burst` tokens now, `per_sec` more a second (at least
-    /// one token of burst). `per_sec` 0 never limits.
-    #[must_use]
-    pub fn new(per_sec: u32, burst: u32, now: Instant) -> Self {
-        let cap_micro = u64::from(burst.max(1)) * 1_000_000;
-        Self {
-            per_sec,
-            cap_micro,
-            tokens_micro: cap_micro,
-            last: now,
-        }
-    }
-
-    /// Whole tokens available now (`usize::MAX` without a limit).
-    pub fn available(&mut self, now: Instant) -> usize {
-        if self.per_sec == 0 {
-            return usize::MAX;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_micros();
-        let add = elapsed.saturating_mul(u128::from(self.per_sec));
-        self.tokens_micro = u64::try_from(u128::from(self.tokens_micro).saturating_add(add))
-            .unwrap_or(u64::MAX)
-            .min(self.cap_micro);
-        self.last = now;
-        usize::try_from(self.tokens_micro / 1_000_000).unwrap_or(usize::MAX)
-    }
-
-    /// Spends one token (if there is one).
-    pub fn spend(&mut self) {
-        self.tokens_micro = self.tokens_micro.saturating_sub(1_000_000);
-    }
-
-    /// When the next whole token will be there (`now` if one is).
-    #[must_use]
-    pub fn next_token_at(&self, now: Instant) -> Instant {
-        if self.per_sec == 0 || self.tokens_micro >= 1_000_000 {
-            return now;
-        }
-        let missing = 1_000_000 - self.tokens_micro;
-        let us = missing.div_ceil(u64::from(self.per_sec));
-        self.last + std::time::Duration::from_micros(us)
     }
 }
 
@@ -256,7 +201,7 @@ pub struct Conn {
     /// Watches output for the `Authenticated` frame until logged in.
     pub sniffer: AuthSniffer,
     /// Frames-per-second limit.
-    pub bucket: FrameBucket,
+    pub bucket: RateBucket,
     /// When the first byte of the partial frame at the head of `inbuf`
     /// arrived (`None` while `inbuf` is empty): the frame must be whole by
     /// this plus `RELAY_FRAME_TIMEOUT`.
@@ -339,48 +284,39 @@ mod tests {
     #[test]
     fn bucket_refills_at_rate_and_caps_at_burst() {
         let t0 = Instant::now();
-        let mut b = FrameBucket::new(100, t0);
-        assert_eq!(b.available(100, t0), 100);
+        let mut b = RateBucket::new(100, t0);
+        assert_eq!(b.available(100, 100, t0), 100);
         b.spend(100);
-        assert_eq!(b.available(100, t0), 0);
+        assert_eq!(b.available(100, 100, t0), 0);
         assert_eq!(
-            b.available(100, t0 + std::time::Duration::from_millis(50)),
+            b.available(100, 100, t0 + std::time::Duration::from_millis(50)),
             5
         );
         assert_eq!(
-            b.available(100, t0 + std::time::Duration::from_secs(10)),
+            b.available(100, 100, t0 + std::time::Duration::from_secs(10)),
             100
         );
     }
 
     #[test]
-    fn rate_gate_allows_its_burst_then_its_rate_and_says_when() {
+    fn a_bucket_with_a_smaller_burst_allows_the_burst_then_the_rate() {
         use std::time::Duration;
         let t0 = Instant::now();
-        let mut g = RateGate::new(2_000, 5, t0);
-        assert_eq!(g.available(t0), 5);
-        for _ in 0..5 {
-            g.spend();
-        }
-        assert_eq!(g.available(t0), 0);
-        // One token every 500 us.
-        assert_eq!(g.next_token_at(t0), t0 + Duration::from_micros(500));
-        assert_eq!(g.available(t0 + Duration::from_micros(499)), 0);
-        assert_eq!(g.available(t0 + Duration::from_micros(500)), 1);
-        assert_eq!(g.available(t0 + Duration::from_millis(2)), 4);
+        let mut b = RateBucket::new(5, t0);
+        assert_eq!(b.available(2_000, 5, t0), 5);
+        b.spend(5);
+        assert_eq!(b.available(2_000, 5, t0), 0);
+        // One token every 500 us; fractions carry over.
+        assert_eq!(b.available(2_000, 5, t0 + Duration::from_micros(499)), 0);
+        assert_eq!(b.available(2_000, 5, t0 + Duration::from_micros(500)), 1);
+        assert_eq!(b.available(2_000, 5, t0 + Duration::from_millis(2)), 4);
         // Never more than the burst, however long it waited.
-        assert_eq!(g.available(t0 + Duration::from_secs(3600)), 5);
-        // A rate that does not divide a second: 3 a second, a token every
-        // 333,334 us (rounded up, never early).
-        let mut g = RateGate::new(3, 1, t0);
-        g.spend();
-        let at = g.next_token_at(t0);
-        assert_eq!(at, t0 + Duration::from_micros(333_334));
-        assert_eq!(g.available(at), 1);
-        // 0 is no limit.
-        let mut g = RateGate::new(0, 1, t0);
-        g.spend();
-        assert_eq!(g.available(t0), usize::MAX);
-        assert_eq!(g.next_token_at(t0), t0);
+        assert_eq!(b.available(2_000, 5, t0 + Duration::from_secs(3600)), 5);
+        // 3 a second: the token comes at 333,334 us (the loop retries after
+        // 1 s / rate rounded up), not before.
+        let mut b = RateBucket::new(1, t0);
+        b.spend(1);
+        assert_eq!(b.available(3, 1, t0 + Duration::from_micros(333_333)), 0);
+        assert_eq!(b.available(3, 1, t0 + Duration::from_micros(333_334)), 1);
     }
 }

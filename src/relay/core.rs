@@ -308,6 +308,16 @@ struct HeldReceipt {
     unix_ms: u64,
 }
 
+/// How a new queue entry makes its member's sessions ready (see the
+/// module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    /// Reported by `poll_ready_conns`, written in the pass it appears.
+    Ordinary,
+    /// A large group's message: reported by `poll_ready_bulk`.
+    Bulk,
+}
+
 struct TokenBucket {
     tokens: f64,
     per_sec: f64,
@@ -353,8 +363,6 @@ pub struct RelayCore<S: Store, R: CryptoRng> {
     conns: IdMap<ConnId, Conn>,
     ready: Vec<ConnId>,
     ready_bulk: Vec<ConnId>,
-    /// Set while a large group message is being queued: readiness is bulk.
-    fanning_out: bool,
     closes: VecDeque<(ConnId, CloseReason)>,
     users: Vec<User>,
     by_name: HashMap<Box<str>, u32>,
@@ -441,7 +449,6 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             conns: IdMap::default(),
             ready: Vec::new(),
             ready_bulk: Vec::new(),
-            fanning_out: false,
             closes: VecDeque::new(),
             users: Vec::new(),
             by_name: HashMap::new(),

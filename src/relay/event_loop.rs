@@ -46,7 +46,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use slab::Slab;
 
-use super::conn::{AuthSniffer, Conn, ConnKey, FrameBucket, METRICS_TOKEN_BIT, Phase, RateGate};
+use super::conn::{AuthSniffer, Conn, ConnKey, METRICS_TOKEN_BIT, Phase, RateBucket};
 use super::core::{CloseReason, ConnId, CoreError, RelayConfig, RelayCore};
 use super::metrics::{self, CoreCounters, HttpRequest, Metrics};
 use super::os;
@@ -556,11 +556,9 @@ fn start<S: Store>(
         lingers: VecDeque::new(),
         accept_more: false,
         accept_retry_at: None,
-        accept_gate: RateGate::new(
-            config.max_accepts_per_sec,
-            config.accept_burst,
-            Instant::now(),
-        ),
+        max_accepts_per_sec: config.max_accepts_per_sec,
+        accept_burst: config.accept_burst,
+        accept_bucket: RateBucket::new(config.accept_burst, Instant::now()),
         next_summary: now + RELAY_SUMMARY_INTERVAL,
     };
     let result = server.run();
@@ -680,8 +678,11 @@ struct Server<S: Store> {
     lingers: VecDeque<(Instant, ConnKey)>,
     accept_more: bool,
     accept_retry_at: Option<Instant>,
-    /// The relay-wide accept rate ([`RELAY_MAX_ACCEPTS_PER_SEC`]).
-    accept_gate: RateGate,
+    /// The relay-wide accept rate ([`RELAY_MAX_ACCEPTS_PER_SEC`]; 0: none)
+    /// and its burst, and their bucket.
+    max_accepts_per_sec: u32,
+    accept_burst: u32,
+    accept_bucket: RateBucket,
     next_summary: Instant,
 }
 
@@ -850,13 +851,19 @@ impl<S: Store> Server<S> {
     fn accept(&mut self, now: Instant) {
         self.accept_more = false;
         self.accept_retry_at = None;
-        let allowed = self.accept_gate.available(now);
+        let rate = self.max_accepts_per_sec;
+        let allowed = if rate == 0 {
+            RELAY_ACCEPTS_PER_PASS
+        } else {
+            self.accept_bucket.available(rate, self.accept_burst, now) as usize
+        };
         if allowed == 0 {
-            // Over the accept rate: the rest wait in the backlog until the
-            // next token (the listener's edge will not come again).
+            // Over the accept rate: the rest wait in the backlog until a
+            // token has come (the listener's edge will not come again).
             self.metrics.accepts_deferred += 1;
             self.accept_more = true;
-            self.accept_retry_at = Some(self.accept_gate.next_token_at(now).max(now));
+            let period = Duration::from_micros(1_000_000u64.div_ceil(u64::from(rate)));
+            self.accept_retry_at = Some(now + period);
             return;
         }
         for _ in 0..RELAY_ACCEPTS_PER_PASS.min(allowed) {
@@ -871,7 +878,7 @@ impl<S: Store> Server<S> {
             };
             match listener.accept() {
                 Ok((stream, _)) => {
-                    self.accept_gate.spend();
+                    self.accept_bucket.spend(1);
                     self.add_conn(stream, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -957,7 +964,7 @@ impl<S: Store> Server<S> {
             phase: Phase::Open,
             authenticated: false,
             sniffer: AuthSniffer::default(),
-            bucket: FrameBucket::new(self.frames_per_sec, now),
+            bucket: RateBucket::new(self.frames_per_sec, now),
             partial_since: None,
             deadline_queued: false,
             counted: 0,
@@ -1001,7 +1008,7 @@ impl<S: Store> Server<S> {
             }
             // Frames already buffered go first.
             if !c.inbuf.is_empty() {
-                let allowed = c.bucket.available(fps, now);
+                let allowed = c.bucket.available(fps, fps, now);
                 let (used, frames) = feed(
                     &mut self.core,
                     &mut self.metrics,
@@ -1025,7 +1032,7 @@ impl<S: Store> Server<S> {
                     &mut self.frame_deadlines,
                 );
             }
-            if c.bucket.available(fps, now) == 0 {
+            if c.bucket.available(fps, fps, now) == 0 {
                 self.metrics.throttled += 1;
                 self.throttled.push(k);
                 self.throttle_at.get_or_insert(now + RELAY_THROTTLE_RECHECK);
@@ -1054,7 +1061,7 @@ impl<S: Store> Server<S> {
                     let data = self.scratch.get(..n).unwrap_or_default();
                     let fresh = c.inbuf.is_empty();
                     if fresh {
-                        let allowed = c.bucket.available(fps, now);
+                        let allowed = c.bucket.available(fps, fps, now);
                         let (used, frames) = feed(
                             &mut self.core,
                             &mut self.metrics,
@@ -1234,34 +1241,32 @@ impl<S: Store> Server<S> {
         c.phase = Phase::Closing;
         c.inbuf = Vec::new();
         self.lingers.push_back((now + RELAY_CLOSE_LINGER, k));
-        if !c.flush_queued {
-            c.flush_queued = true;
-            self.to_flush.push(k);
-        }
+        self.queue_flush(k);
     }
 
     // ------------------------------------------------------------------
     // Writing
     // ------------------------------------------------------------------
 
+    /// Puts `k` on this pass's flush list unless it is there already (or
+    /// gone).
+    fn queue_flush(&mut self, k: ConnKey) {
+        if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k)
+            && !c.flush_queued
+        {
+            c.flush_queued = true;
+            self.to_flush.push(k);
+        }
+    }
+
     fn pass_output(&mut self) {
-        self.core.poll_ready_conns(&mut self.ready);
-        for id in self.ready.drain(..) {
-            let k = ConnKey::from_u64(id.0);
-            if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k)
-                && !c.flush_queued
-            {
-                c.flush_queued = true;
-                self.to_flush.push(k);
-            }
+        let mut ready = std::mem::take(&mut self.ready);
+        self.core.poll_ready_conns(&mut ready);
+        for id in ready.drain(..) {
+            self.queue_flush(ConnKey::from_u64(id.0));
         }
         for k in std::mem::take(&mut self.flush_again) {
-            if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k)
-                && !c.flush_queued
-            {
-                c.flush_queued = true;
-                self.to_flush.push(k);
-            }
+            self.queue_flush(k);
         }
         // At most RELAY_FLUSHES_PER_PASS: older deferred flushes first, but
         // only what leaves the new ones three quarters of the budget.
@@ -1288,8 +1293,8 @@ impl<S: Store> Server<S> {
         self.to_flush.clear();
         // Bulk: a few a pass, oldest first. One that an ordinary flush
         // also waits for is left to it (that flush writes everything).
-        self.core.poll_ready_bulk(&mut self.ready);
-        for id in self.ready.drain(..) {
+        self.core.poll_ready_bulk(&mut ready);
+        for id in ready.drain(..) {
             let k = ConnKey::from_u64(id.0);
             if let Some(c) = self.conns.get_mut(k.slot).filter(|c| c.key == k)
                 && !c.bulk_queued
@@ -1298,6 +1303,7 @@ impl<S: Store> Server<S> {
                 self.bulk.push_back(k);
             }
         }
+        self.ready = ready; // keep its allocation for the next pass
         for _ in 0..RELAY_BULK_FLUSHES_PER_PASS {
             let Some(k) = self.bulk.pop_front() else {
                 break;

@@ -396,7 +396,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             grp.commits.push(m);
         }
         for u in new_members.into_iter().chain(removed_uid) {
-            self.enqueue(u, lsn, m, false);
+            self.enqueue(u, lsn, m, false, Readiness::Ordinary);
         }
     }
 
@@ -429,7 +429,11 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .map_or(0, |grp| grp.members.len());
         // Replay only: entries a drop record counts are not queued again.
         let replaying = !self.replay_drops.is_empty();
-        self.fanning_out = n > limits::RELAY_BULK_FANOUT;
+        let readiness = if n > limits::RELAY_BULK_FANOUT {
+            Readiness::Bulk
+        } else {
+            Readiness::Ordinary
+        };
         for i in 0..n {
             let Some(&u) = self
                 .groups
@@ -439,10 +443,9 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 break;
             };
             if u != sender && !(replaying && self.dropped_on_replay(u, lsn, m, true)) {
-                self.enqueue(u, lsn, m, true);
+                self.enqueue(u, lsn, m, true, readiness);
             }
         }
-        self.fanning_out = false;
         self.release_if_unreferenced(m);
     }
 
@@ -478,7 +481,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
         }
         // Replay only: an entry a drop record counts is not queued again.
         if self.replay_drops.is_empty() || !self.dropped_on_replay(to, lsn, m, !is_distribution) {
-            self.enqueue(to, lsn, m, !is_distribution);
+            self.enqueue(to, lsn, m, !is_distribution, Readiness::Ordinary);
         }
         self.release_if_unreferenced(m);
     }
@@ -492,7 +495,14 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
             .fold(u.acked, u64::max)
     }
 
-    pub(super) fn enqueue(&mut self, uid: u32, seq: u64, m: u32, capped: bool) {
+    pub(super) fn enqueue(
+        &mut self,
+        uid: u32,
+        seq: u64,
+        m: u32,
+        capped: bool,
+        readiness: Readiness,
+    ) {
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };
@@ -516,42 +526,44 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 self.note_drop(uid, d);
             }
         }
-        self.mark_sessions_ready(uid);
+        self.mark_sessions_ready(uid, readiness);
     }
 
-    fn mark_sessions_ready(&mut self, uid: u32) {
+    /// Reports `uid`'s sessions ready, once each until they drain: as bulk
+    /// only if not already reported either way, as ordinary unless already
+    /// reported as ordinary (a bulk report is raised).
+    fn mark_sessions_ready(&mut self, uid: u32, readiness: Readiness) {
         let Some(user) = self.users.get_mut(uid as usize) else {
             return;
         };
-        if self.fanning_out {
-            if user.all_reported || user.all_reported_bulk {
-                return;
-            }
-            user.all_reported_bulk = true;
-            for s in &user.sessions {
-                if let Some(c) = self.conns.get_mut(s)
-                    && !c.reported
-                    && !c.reported_bulk
-                {
-                    c.reported_bulk = true;
-                    self.ready_bulk.push(*s);
-                }
-            }
-            return;
-        }
-        if user.all_reported {
+        let bulk = readiness == Readiness::Bulk;
+        if user.all_reported || (bulk && user.all_reported_bulk) {
             // The usual case in a busy group: this member's sessions were
             // marked by an earlier entry and have not drained since; the
             // hash lookups below were ~45% of `enqueue`.
             return;
         }
-        user.all_reported = true;
+        if bulk {
+            user.all_reported_bulk = true;
+        } else {
+            user.all_reported = true;
+        }
+        let list = if bulk {
+            &mut self.ready_bulk
+        } else {
+            &mut self.ready
+        };
         for s in &user.sessions {
             if let Some(c) = self.conns.get_mut(s)
                 && !c.reported
+                && !(bulk && c.reported_bulk)
             {
-                c.reported = true;
-                self.ready.push(*s);
+                if bulk {
+                    c.reported_bulk = true;
+                } else {
+                    c.reported = true;
+                }
+                list.push(*s);
             }
         }
     }
@@ -760,7 +772,7 @@ impl<S: Store, R: CryptoRng> RelayCore<S, R> {
                 for &d in &dropped {
                     self.note_drop(uid, d);
                 }
-                self.mark_sessions_ready(uid);
+                self.mark_sessions_ready(uid, Readiness::Ordinary);
             }
         }
     }

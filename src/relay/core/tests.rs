@@ -47,8 +47,19 @@ fn message_id(seq: u64) -> [u8; 16] {
     id
 }
 
-/// A real group message queued for `u` at `seq`.
+/// A real group message queued for `u` at `seq` (ordinary readiness).
 fn queue_message(core: &mut RelayCore<MemStore, StdRng>, u: u32, seq: u64, text: &[u8]) {
+    queue_message_as(core, u, seq, text, Readiness::Ordinary);
+}
+
+/// The same, queued with `readiness`.
+fn queue_message_as(
+    core: &mut RelayCore<MemStore, StdRng>,
+    u: u32,
+    seq: u64,
+    text: &[u8],
+    readiness: Readiness,
+) {
     let mut payload = Vec::new();
     put_entry_body(
         &mut payload,
@@ -75,7 +86,7 @@ fn queue_message(core: &mut RelayCore<MemStore, StdRng>, u: u32, seq: u64, text:
         body_off: 0,
         permanent: false,
     });
-    core.enqueue(u, seq, m, true);
+    core.enqueue(u, seq, m, true, readiness);
 }
 
 fn delivered(out: &[u8]) -> Vec<(u64, Vec<u8>)> {
@@ -142,7 +153,7 @@ fn an_entry_whose_record_is_missing_from_the_store_is_passed_over() {
         body_off: 0,
         permanent: false,
     });
-    core.enqueue(u, 6, m, true);
+    core.enqueue(u, 6, m, true, Readiness::Ordinary);
     let mut ready = Vec::new();
     core.poll_ready_conns(&mut ready);
     assert_eq!(ready, vec![conn]);
@@ -159,7 +170,7 @@ fn an_entry_whose_record_is_missing_from_the_store_is_passed_over() {
     assert_eq!(delivered(&out), vec![(7, b"seven".to_vec())]);
 }
 
-/// Readiness classes: entries queued during a large group's fan-out report
+/// Readiness classes: entries queued as a large group's fan-out report
 /// the session as bulk (once); an ordinary entry then reports it again as
 /// ordinary, after which bulk entries add nothing; once drained, the next
 /// bulk entry reports it afresh.
@@ -172,24 +183,18 @@ fn bulk_readiness_is_reported_apart_and_raised_by_ordinary_output() {
         core.poll_ready_bulk(&mut bulk);
         (ready, bulk)
     };
-    core.fanning_out = true;
-    queue_message(&mut core, u, 5, b"five");
-    queue_message(&mut core, u, 6, b"six");
-    core.fanning_out = false;
+    queue_message_as(&mut core, u, 5, b"five", Readiness::Bulk);
+    queue_message_as(&mut core, u, 6, b"six", Readiness::Bulk);
     assert_eq!(poll(&mut core), (vec![], vec![conn]));
     queue_message(&mut core, u, 7, b"seven");
     assert_eq!(poll(&mut core), (vec![conn], vec![]), "raised to ordinary");
-    core.fanning_out = true;
-    queue_message(&mut core, u, 8, b"eight");
-    core.fanning_out = false;
+    queue_message_as(&mut core, u, 8, b"eight", Readiness::Bulk);
     assert_eq!(poll(&mut core), (vec![], vec![]), "already reported");
     let mut out = Vec::new();
     core.poll_transmit(conn, &mut out, 1 << 20);
     let seqs: Vec<u64> = delivered(&out).into_iter().map(|(s, _)| s).collect();
     assert_eq!(seqs, vec![5, 6, 7, 8]);
-    core.fanning_out = true;
-    queue_message(&mut core, u, 9, b"nine");
-    core.fanning_out = false;
+    queue_message_as(&mut core, u, 9, b"nine", Readiness::Bulk);
     assert_eq!(poll(&mut core), (vec![], vec![conn]), "reported afresh");
 }
 
