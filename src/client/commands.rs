@@ -563,16 +563,28 @@ mod tests {
         panic!("{want:?} never came; got {out:?}");
     }
 
+    /// Asks on a fresh slave of the pty `name` (on a thread) and waits
+    /// until `prompt` has been shown on the master.
+    fn ask(
+        master: &mut std::fs::File,
+        name: &std::ffi::CStr,
+        screen: &mut String,
+        prompt: &'static str,
+    ) -> std::thread::JoinHandle<std::io::Result<Option<Zeroizing<String>>>> {
+        let tty = open_slave(name, rustix::fs::OFlags::RDWR);
+        let asking = std::thread::spawn(move || prompt_on(&tty, prompt));
+        read_until(master, screen, prompt);
+        asking
+    }
+
     #[test]
     fn the_prompt_reads_a_line_with_echo_off_and_restores_it() {
         use rustix::fs::OFlags;
         let (mut master, name) = pty();
         let watch = open_slave(&name, OFlags::RDWR);
         assert!(echo_on(&watch));
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
         let mut screen = String::new();
-        read_until(&mut master, &mut screen, "passphrase: ");
+        let asking = ask(&mut master, &name, &mut screen, "passphrase: ");
         // The prompt shows only once echo is off.
         assert!(!echo_on(&watch));
         master.write_all(b"hunter2\n").unwrap();
@@ -597,10 +609,8 @@ mod tests {
         let watch = open_slave(&name, OFlags::RDWR);
         assert!(echo_on(&watch) && signals_on(&watch));
         let before = rustix::termios::tcgetattr(&watch).unwrap();
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
         let mut screen = String::new();
-        read_until(&mut master, &mut screen, "passphrase: ");
+        let asking = ask(&mut master, &name, &mut screen, "passphrase: ");
         // While it asks, Ctrl-C is a character, not a SIGINT (which would
         // kill the process with echo still off).
         assert!(!echo_on(&watch) && !signals_on(&watch));
@@ -628,17 +638,13 @@ mod tests {
         use rustix::fs::OFlags;
         let (mut master, name) = pty();
         let watch = open_slave(&name, OFlags::RDWR);
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
         let mut screen = String::new();
-        read_until(&mut master, &mut screen, "passphrase: ");
+        let asking = ask(&mut master, &name, &mut screen, "passphrase: ");
         master.write_all(b"x\x1c").unwrap();
         assert!(asking.join().unwrap().unwrap().is_none());
         assert!(echo_on(&watch) && signals_on(&watch));
 
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "again: "));
-        read_until(&mut master, &mut screen, "again: ");
+        let asking = ask(&mut master, &name, &mut screen, "again: ");
         // DEL erases the `x` (the line is still edited by the terminal).
         master.write_all(b"hunterx\x7f2\n").unwrap();
         let got = asking.join().unwrap().unwrap().unwrap();
@@ -651,10 +657,8 @@ mod tests {
         use rustix::fs::OFlags;
         let (mut master, name) = pty();
         let watch = open_slave(&name, OFlags::RDWR);
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "passphrase: "));
         let mut screen = String::new();
-        read_until(&mut master, &mut screen, "passphrase: ");
+        let asking = ask(&mut master, &name, &mut screen, "passphrase: ");
         let mut line = vec![b'a'; CLIENT_PASSPHRASE_MAX_BYTES + 1];
         line.push(b'\n');
         master.write_all(&line).unwrap();
@@ -664,9 +668,7 @@ mod tests {
         assert!(echo_on(&watch));
 
         // At the limit exactly, it is read.
-        let tty = open_slave(&name, OFlags::RDWR);
-        let asking = std::thread::spawn(move || prompt_on(&tty, "again: "));
-        read_until(&mut master, &mut screen, "again: ");
+        let asking = ask(&mut master, &name, &mut screen, "again: ");
         line.drain(..1);
         master.write_all(&line).unwrap();
         let got = asking.join().unwrap().unwrap().unwrap();
